@@ -1,0 +1,41 @@
+"""promptclip: one frozen open_clip CLIP adapted per task by group-shared + private deep prompts.
+
+Shared core of the moderation product; imported by `training` and `service`, imports neither.
+"""
+
+from .bundle import (
+    DEFAULT_TEMPLATE,
+    TENSOR_NAMES,
+    Bundle,
+    BundleError,
+    Label,
+    Manifest,
+    bundle_from_prompts,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+    tensor_sha256,
+)
+from .loading import (
+    EMBEDDED,
+    EMBEDDED_ARCH,
+    BaseModelInfo,
+    ClipLoadError,
+    LoadedCLIP,
+    ModelSpec,
+    load_clip,
+    register_config,
+    save_embedded_model,
+)
+from .multitask import MultiTaskCLIP, label_tokens
+from .prompted import PromptedCLIP, insert_placeholders, measure_stream_rms
+from .prompts import PromptConfig, TaskPrompts, check_task_name
+from .store import PromptStore, version_key
+
+__all__ = [
+    "DEFAULT_TEMPLATE", "EMBEDDED", "EMBEDDED_ARCH", "TENSOR_NAMES", "BaseModelInfo", "Bundle", "BundleError",
+    "ClipLoadError", "Label", "LoadedCLIP", "Manifest", "ModelSpec", "MultiTaskCLIP", "PromptConfig",
+    "PromptStore", "PromptedCLIP", "TaskPrompts", "bundle_from_prompts", "check_task_name",
+    "insert_placeholders", "label_tokens", "load_bundle", "load_clip", "measure_stream_rms", "read_manifest",
+    "register_config", "save_bundle", "save_embedded_model", "tensor_sha256", "version_key",
+]

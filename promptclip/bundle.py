@@ -1,0 +1,219 @@
+"""Prompt bundles: one self-describing safetensors file per task version (DESIGN §5).
+
+Tensors: ``vision.group``, ``vision.private``, ``text.group``, ``text.private``, each
+(layers, tokens, width). Header metadata holds one key, ``bundle``: the JSON manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .loading import BaseModelInfo
+from .prompts import PromptConfig, TaskPrompts, check_task_name
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+TENSOR_NAMES = ("vision.group", "vision.private", "text.group", "text.private")
+DEFAULT_TEMPLATE = "{placeholders} {prompt}"  # placeholders: one slot per prompt token, right after SOT
+
+
+class BundleError(ValueError):
+    """A bundle that must not be served. `kind` says which check failed."""
+
+    def __init__(self, kind: str, path: Path | str, message: str):
+        super().__init__(f"{path}: {kind}: {message}")
+        self.kind = kind  # corrupt | manifest | base_model | shape | checksum | stem
+        self.path = str(path)
+
+
+@dataclass
+class Label:
+    name: str  # label shown to pipelines, e.g. "knife"
+    prompt: str  # text fed to CLIP, e.g. "a photo of a knife."
+    unsafe: bool = False  # flagging this label is a moderation hit
+    threshold: float = 0.5  # probability at or above which an unsafe label is flagged
+
+
+@dataclass
+class Manifest:
+    domain: str
+    version: str
+    group: dict[str, Any]  # {"id": "g0", "members": ["photo", "painting"]}
+    base_model: dict[str, Any]  # BaseModelInfo.to_dict()
+    prompt: dict[str, int]  # {"depth": L, "group_tokens": g, "private_tokens": p}
+    labels: list[Label]
+    template: str = DEFAULT_TEMPLATE
+    metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics, at least "accuracy"
+    created_at: str = ""
+    sha256: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: Path | str = "<bundle>") -> Manifest:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            log.warning("%s: ignoring unknown manifest keys %s (written by a newer version?)", path, unknown)
+        missing = sorted(k for k in ("domain", "version", "group", "base_model", "prompt", "labels") if k not in d)
+        if missing:
+            raise BundleError("manifest", path, f"missing manifest keys {missing}")
+        try:
+            labels = [Label(**{k: v for k, v in lab.items() if k in ("name", "prompt", "unsafe", "threshold")})
+                      for lab in d["labels"]]
+            m = cls(**{k: v for k, v in d.items() if k in known and k != "labels"}, labels=labels)
+        except TypeError as e:
+            raise BundleError("manifest", path, f"malformed manifest: {e}") from None
+        if m.schema_version > SCHEMA_VERSION:
+            raise BundleError("manifest", path, f"schema_version {m.schema_version} is newer than supported "
+                                                f"{SCHEMA_VERSION}")
+        if not m.labels:
+            raise BundleError("manifest", path, "no labels")
+        return m
+
+
+@dataclass
+class Bundle:
+    manifest: Manifest
+    tensors: dict[str, Tensor]  # TENSOR_NAMES -> (layers, tokens, width), float32
+
+    @property
+    def domain(self) -> str:
+        return self.manifest.domain
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def vision_prompts(self) -> Tensor:
+        """(depth_v, n_group + n_private, Wv), the layout PromptedCLIP expects."""
+        return torch.cat([self.tensors["vision.group"], self.tensors["vision.private"]], dim=1)
+
+    def text_prompts(self) -> Tensor:
+        """(depth_t, n_group + n_private, Wt)."""
+        return torch.cat([self.tensors["text.group"], self.tensors["text.private"]], dim=1)
+
+    @property
+    def prompt_config(self) -> PromptConfig:
+        p = self.manifest.prompt
+        return PromptConfig(group_tokens=p["group_tokens"], private_tokens=p["private_tokens"], depth=p["depth"])
+
+
+def tensor_sha256(tensors: dict[str, Tensor]) -> str:
+    """Checksum over the tensor bytes in name order (independent of the header)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def bundle_from_prompts(prompts: TaskPrompts, task: str, *, version: str, base: BaseModelInfo,
+                        labels: list[Label], metrics: dict[str, Any] | None = None,
+                        template: str = DEFAULT_TEMPLATE) -> Bundle:
+    """Cut one task's (group, private) prompts out of a trained TaskPrompts."""
+    vg, tg = prompts.group_params(task)
+    vp, tp = prompts.private_params(task)
+    gi = prompts.group_of[task]
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous().clone()
+               for name, t in zip(TENSOR_NAMES, (vg, vp, tg, tp), strict=True)}
+    manifest = Manifest(
+        domain=task, version=version,
+        group={"id": f"g{gi}", "members": list(prompts.groups[gi])},
+        base_model=base.to_dict(),
+        prompt={"depth": max(prompts.depth_v, prompts.depth_t), "group_tokens": prompts.config.group_tokens,
+                "private_tokens": prompts.config.private_tokens},
+        labels=labels, template=template, metrics=dict(metrics or {}),
+    )
+    return Bundle(manifest, tensors)
+
+
+def save_bundle(bundle: Bundle, path: Path | str) -> Path:
+    """Write `bundle` to `path` (the caller handles atomicity; see PromptStore.publish)."""
+    path = Path(path)
+    check_task_name(bundle.domain)
+    m = bundle.manifest
+    m.sha256 = tensor_sha256(bundle.tensors)
+    m.created_at = m.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save_file({k: v.contiguous() for k, v in bundle.tensors.items()}, str(path), metadata={"bundle": m.to_json()})
+    return path
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """The raw manifest dict from a bundle's header, without reading the tensors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 100_000_000 or n > os.path.getsize(path):
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+        return json.loads(header["__metadata__"]["bundle"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise BundleError("corrupt", path, f"not a bundle safetensors file ({type(e).__name__}: {e})") from None
+
+
+def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
+    """Load and validate a bundle.
+
+    Refuses (BundleError, with `kind`) a file that is unreadable (corrupt), whose manifest is
+    malformed (manifest), whose stem differs from its version (stem), whose checksum differs
+    (checksum), whose base model differs from `base` (base_model), or whose tensor shapes do
+    not fit its manifest or `base` (shape). Unknown manifest keys only warn.
+    """
+    path = Path(path)
+    raw = read_manifest(path)
+    manifest = Manifest.from_dict(raw, path)
+    if path.stem != manifest.version:
+        raise BundleError("stem", path, f"file stem {path.stem!r} differs from manifest version {manifest.version!r}")
+    try:
+        check_task_name(manifest.domain)
+    except ValueError as e:
+        raise BundleError("manifest", path, str(e)) from None
+    if base is not None:
+        bad = base.mismatches(manifest.base_model)
+        if bad:
+            raise BundleError("base_model", path, "trained for another CLIP: " + "; ".join(bad))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise BundleError("corrupt", path, f"unreadable tensors: {e}") from None
+    if sorted(tensors) != sorted(TENSOR_NAMES):
+        raise BundleError("shape", path, f"tensors {sorted(tensors)}, expected {sorted(TENSOR_NAMES)}")
+    digest = tensor_sha256(tensors)
+    if digest != manifest.sha256:
+        raise BundleError("checksum", path, f"tensor sha256 {digest[:16]}... differs from manifest "
+                                            f"{manifest.sha256[:16]}...")
+    _check_shapes(tensors, manifest, path)
+    return Bundle(manifest, {k: v.to(torch.float32) for k, v in tensors.items()})
+
+
+def _check_shapes(tensors: dict[str, Tensor], m: Manifest, path: Path) -> None:
+    p, b = m.prompt, m.base_model
+    want = {
+        "vision.group": (min(p["depth"], b["vision_layers"]), p["group_tokens"], b["vision_width"]),
+        "vision.private": (min(p["depth"], b["vision_layers"]), p["private_tokens"], b["vision_width"]),
+        "text.group": (min(p["depth"], b["text_layers"]), p["group_tokens"], b["text_width"]),
+        "text.private": (min(p["depth"], b["text_layers"]), p["private_tokens"], b["text_width"]),
+    }
+    bad = [f"{k} is {tuple(tensors[k].shape)}, expected {v}" for k, v in want.items() if tuple(tensors[k].shape) != v]
+    if bad:
+        raise BundleError("shape", path, "; ".join(bad))

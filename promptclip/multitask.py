@@ -1,0 +1,96 @@
+"""Frozen CLIP + task prompts + each task's label prompts: logits for mixed-task batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .prompted import PromptedCLIP, insert_placeholders
+from .prompts import TaskPrompts
+
+
+def label_tokens(tokenizer: Callable, texts: Sequence[str], n_tokens: int) -> Tensor:
+    """Tokenize label prompt texts with `n_tokens` placeholder slots after SOT: (C, ctx)."""
+    tokens = tokenizer(list(texts))
+    placeholder = int(tokenizer(["X"])[0, 1])
+    return insert_placeholders(tokens, n_tokens, placeholder)
+
+
+class MultiTaskCLIP(nn.Module):
+    """Classifies a batch whose samples belong to different tasks in one forward pass.
+
+    Args:
+        encoder: the frozen, prompt-aware CLIP.
+        prompts: group + private prompts for every task.
+        label_texts: task -> the text fed to CLIP for each of its labels (in label order).
+        tokenizer: open_clip tokenizer of the encoder's model.
+    """
+
+    def __init__(self, encoder: PromptedCLIP, prompts: TaskPrompts, label_texts: dict[str, list[str]],
+                 tokenizer: Callable):
+        super().__init__()
+        self.encoder = encoder
+        self.prompts = prompts
+        self.tasks = prompts.tasks
+        n = prompts.config.tokens
+        self.num_labels = [len(label_texts[t]) for t in self.tasks]
+        for t in self.tasks:
+            self.register_buffer(f"tokens_{t}", label_tokens(tokenizer, label_texts[t], n), persistent=False)
+        self._cache: dict[str, tuple[tuple, Tensor]] = {}
+
+    def label_tokens(self, task: str) -> Tensor:
+        return getattr(self, f"tokens_{task}")
+
+    def text_features(self, task: str) -> Tensor:
+        """(C, E) normalised label embeddings for `task`.
+
+        Cached until that task's prompts change; recomputed (with grad) while training.
+        """
+        tokens = self.label_tokens(task)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.prompts.parameters()):
+            prompts = self.prompts.text(task).unsqueeze(0).expand(tokens.shape[0], -1, -1, -1)
+            return self.encoder.encode_text(tokens, prompts)
+        key = self.prompts.versions(task)
+        hit = self._cache.get(task)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                prompts = self.prompts.text(task).unsqueeze(0).expand(tokens.shape[0], -1, -1, -1)
+                hit = (key, self.encoder.encode_text(tokens, prompts))
+            self._cache[task] = hit
+        return hit[1]
+
+    def all_text_features(self, tasks: Sequence[str] | None = None) -> Tensor:
+        """(T, Cmax, E) label embeddings per task, zero-padded to the largest label count."""
+        tasks = list(self.tasks if tasks is None else tasks)
+        feats = [self.text_features(t) for t in tasks]
+        cmax = max(f.shape[0] for f in feats)
+        out = feats[0].new_zeros(len(feats), cmax, feats[0].shape[1])
+        for i, f in enumerate(feats):
+            out[i, : f.shape[0]] = f
+        return out
+
+    def forward(self, images: Tensor, task_idx: Tensor, tasks_needed: Sequence[int] | None = None) -> Tensor:
+        """Logits (B, Cmax): scaled cosine similarity to the sample's own task's labels.
+
+        Columns past a task's label count are -inf, so softmax / cross-entropy ignore them.
+
+        Args:
+            images: (B, 3, H, W).
+            task_idx: (B,) index into `self.tasks` per sample.
+            tasks_needed: restrict text encoding to these task indices (default: those present).
+        """
+        present = sorted(set(task_idx.tolist())) if tasks_needed is None else list(tasks_needed)
+        names = [self.tasks[i] for i in present]
+        remap = torch.full((len(self.tasks),), -1, dtype=torch.long, device=task_idx.device)
+        remap[torch.tensor(present, device=task_idx.device)] = torch.arange(len(present), device=task_idx.device)
+        local = remap[task_idx]  # (B,) index into the present tasks
+        # Only present tasks enter the graph, so absent tasks get no gradient (not even zeros).
+        bank = torch.stack([self.prompts.vision(t) for t in names])  # (T', depth, n, Wv)
+        img = self.encoder.encode_image(images, bank[local])  # (B, E)
+        per_sample = self.all_text_features(names)[local]  # (B, Cmax, E)
+        logits = self.encoder.logit_scale * torch.einsum("be,bce->bc", img.to(per_sample.dtype), per_sample)
+        counts = torch.tensor(self.num_labels, device=task_idx.device)[task_idx]  # (B,)
+        valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < counts[:, None]
+        return logits.masked_fill(~valid, float("-inf"))

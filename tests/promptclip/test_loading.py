@@ -1,0 +1,55 @@
+"""Model specs: offline errors are clear, specs validate, shapes are reported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from promptclip import ClipLoadError, ModelSpec, load_clip
+
+
+def test_offline_tag_gives_one_clear_error(tmp_path):
+    code = (
+        "from promptclip import load_clip, ModelSpec, ClipLoadError\n"
+        "try:\n"
+        f"    load_clip(ModelSpec(model='ViT-B-32', pretrained='openai', cache_dir={str(tmp_path)!r}))\n"
+        "except ClipLoadError as e:\n"
+        "    print('CLIPLOADERROR', e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "CLIPLOADERROR" in out.stdout, out.stderr[-2000:]
+    msg = out.stdout
+    assert "model='ViT-B-32'" in msg and "pretrained='openai'" in msg
+    assert "local checkpoint path" in msg and "cache" in msg
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_tag_lists_known_ones():
+    with pytest.raises(ClipLoadError, match="known tags"):
+        load_clip(ModelSpec(model="ViT-B-32", pretrained="no-such-tag"))
+
+
+def test_missing_checkpoint_path(tmp_path):
+    with pytest.raises(ClipLoadError, match="does not exist"):
+        load_clip(ModelSpec(model="ViT-B-32", pretrained=str(tmp_path / "missing.pt")))
+
+
+def test_unknown_architecture():
+    with pytest.raises(ClipLoadError, match="unknown open_clip architecture"):
+        load_clip(ModelSpec(model="ViT-Q-99", pretrained=None))
+
+
+def test_half_precision_needs_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        ModelSpec(model="ViT-B-32", precision="fp16", device="cpu")
+
+
+def test_info_describes_the_model(tiny_clip):
+    i = tiny_clip.info
+    assert (i.vision_width, i.vision_layers, i.text_width, i.text_layers, i.embed_dim) == (64, 2, 64, 3, 32)
+    assert i.weights.startswith("random:")
+    assert all(not p.requires_grad for p in tiny_clip.model.parameters())
