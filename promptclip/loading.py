@@ -42,7 +42,7 @@ class ClipLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    model: str = EMBEDDED_ARCH  # open_clip architecture name, e.g. "ViT-B-16"
+    model: str = EMBEDDED_ARCH  # open_clip architecture name ("ViT-B-16") or a path to an open_clip JSON config
     pretrained: str | None = EMBEDDED  # "embedded", a local checkpoint path, an open_clip tag, or None
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"  # fp32 | fp16 | bf16 (half precisions only on CUDA)
@@ -180,6 +180,12 @@ def load_clip(spec: ModelSpec) -> LoadedCLIP:
             (e.g. offline and not cached). The message names the spec and says what to do.
     """
     model_name, pretrained = spec.model, spec.pretrained
+    if model_name.endswith(".json"):  # a custom architecture: register the config under its file stem
+        cfg_path = Path(model_name)
+        if not cfg_path.is_file():
+            raise ClipLoadError(f"model config file {model_name!r} does not exist")
+        model_name = cfg_path.stem
+        register_config(model_name, json.loads(cfg_path.read_text()))
     if pretrained == EMBEDDED and not _register_embedded():
         raise ClipLoadError(
             f"embedded model weights not found at {EMBEDDED_WEIGHTS}; rebuild them with "

@@ -53,3 +53,21 @@ def test_info_describes_the_model(tiny_clip):
     assert (i.vision_width, i.vision_layers, i.text_width, i.text_layers, i.embed_dim) == (64, 2, 64, 3, 32)
     assert i.weights.startswith("random:")
     assert all(not p.requires_grad for p in tiny_clip.model.parameters())
+
+
+def test_json_config_and_local_checkpoint(tmp_path, tiny_clip):
+    """A custom architecture from a JSON config + a local safetensors checkpoint (what subprocess servers use)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from tests.conftest import TINY
+
+    cfg = tmp_path / "my-tiny.json"
+    cfg.write_text(json.dumps(TINY))
+    ckpt = tmp_path / "my-tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}, str(ckpt))
+    a = load_clip(ModelSpec(model=str(cfg), pretrained=str(ckpt)))
+    b = load_clip(ModelSpec(model=str(cfg), pretrained=str(ckpt)))
+    assert a.info.architecture == "my-tiny" and a.info.weights == b.info.weights
+    assert a.info.weights.startswith("sha256:")
