@@ -1,0 +1,123 @@
+"""Untrusted image bytes -> a preprocessed tensor, with limits checked before the expensive work.
+
+Order of checks: byte count (413), format sniffed from the header (415 / 400), pixel count
+from the header before any pixel is decoded (413: decompression bombs), degenerate size (400),
+full decode (400 if truncated or corrupt), EXIF orientation, mode -> RGB, model preprocess.
+Runs in a thread pool (`ImageDecoder.decode`), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from .errors import ApiError
+
+SUPPORTED = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", "BMP": "BMP"}
+ACCEPTED = "JPEG, PNG, WebP, GIF (first frame), BMP"
+# Formats we recognise but do not serve: a 415 says so rather than "undecodable".
+_OTHER_MAGIC = {b"%PDF": "PDF", b"<svg": "SVG", b"<?xm": "XML/SVG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+                b"\x00\x00\x01\x00": "ICO", b"8BPS": "PSD"}
+
+
+def _too_large_bytes(n: int, limit: int) -> ApiError:
+    return ApiError(413, "image_too_large", f"image is {n} bytes; the limit is {limit} bytes")
+
+
+def _sniff_other(data: bytes) -> str | None:
+    head = data[:4]
+    if head in _OTHER_MAGIC:
+        return _OTHER_MAGIC[head]
+    if data[4:8] == b"ftyp":
+        return data[8:12].decode("latin-1").strip() or "ISO-BMFF"  # heic, avif, mp4 ...
+    return None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16/32-bit is rescaled."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        hi = 65535.0 if img.mode.startswith("I") and arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F":
+            lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
+            arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        else:
+            arr = arr * (255.0 / hi)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1) -> Image.Image:
+    """Bytes -> RGB PIL image, or ApiError (400, 413, 415) saying what was wrong and what is accepted."""
+    if len(data) > max_bytes:
+        raise _too_large_bytes(len(data), max_bytes)
+    if not data:
+        raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError:
+        other = _sniff_other(data)
+        if other:
+            raise ApiError(415, "unsupported_format", f"{other} images are not supported; send {ACCEPTED}") from None
+        raise ApiError(400, "undecodable_image", f"not a decodable image; send {ACCEPTED}") from None
+    except Image.DecompressionBombError:
+        raise ApiError(413, "too_many_pixels", f"image has too many pixels (limit {max_pixels})") from None
+    except Exception:  # PIL raises many types on hostile headers
+        raise ApiError(400, "undecodable_image", f"could not read the image header; send {ACCEPTED}") from None
+    if img.format not in SUPPORTED:
+        raise ApiError(415, "unsupported_format", f"{img.format} images are not supported; send {ACCEPTED}")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ApiError(413, "too_many_pixels", f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
+    if min(w, h) < min_side:
+        raise ApiError(400, "degenerate_image", f"image is {w}x{h}; each side must be at least {min_side} pixels")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.seek(0)  # GIF / animated WebP: the first frame
+            img.load()  # full decode: truncated or corrupt data fails here
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except Image.DecompressionBombError:
+        raise ApiError(413, "too_many_pixels", f"image has too many pixels (limit {max_pixels})") from None
+    except Exception:
+        raise ApiError(400, "undecodable_image", f"{SUPPORTED[img.format]} data is truncated or corrupt") from None
+
+
+class ImageDecoder:
+    """Decodes and preprocesses images in a dedicated thread pool."""
+
+    def __init__(self, preprocess: Callable[[Image.Image], Tensor], *, max_bytes: int, max_pixels: int,
+                 min_side: int, workers: int):
+        self.preprocess = preprocess
+        self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+
+    def _decode(self, data: bytes) -> Tensor:
+        img = decode_image(data, **self.limits)
+        try:
+            return self.preprocess(img)  # (3, H, W) float32
+        except Exception:
+            raise ApiError(400, "undecodable_image", "the image could not be preprocessed") from None
+
+    async def decode(self, data: bytes) -> Tensor:
+        """(3, H, W) preprocessed tensor; raises ApiError."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._decode, data)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,209 @@
+"""Dynamic micro-batching: concurrent requests of any domains share one image-tower forward pass.
+
+Requests enter a bounded asyncio queue. One batcher task takes the first waiting request,
+gathers more until MAX_BATCH or MAX_WAIT_MS, and runs the batch in a single model thread
+under `torch.inference_mode`, so the event loop never blocks on the model. Each sample's
+prompts are gathered from the snapshot's prompt bank by row index: one forward pass for all
+domains that share a prompt shape (bundles with other token counts form a sub-batch).
+
+The one seam for a faster image tower (CUDA graphs, compiled buckets) is `EncodeFn`:
+`encode(images (B, 3, H, W) on device, prompts (B, depth, n, Wv)) -> (B, E) normalised`.
+`build_encode_fn` is the only place that picks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from promptclip import PromptedCLIP
+
+from .errors import ApiError
+from .registry import DomainEntry, ShapeKey, Snapshot
+
+log = logging.getLogger(__name__)
+
+EncodeFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def build_encode_fn(prompted: PromptedCLIP) -> EncodeFn:
+    """The image encoder the engine calls. Plug an accelerated runner (promptclip.accel) in here."""
+    return prompted.encode_image
+
+
+@dataclass(eq=False)
+class Job:
+    pixels: Tensor  # (3, H, W) preprocessed, CPU
+    entry: DomainEntry
+    snapshot: Snapshot
+    future: asyncio.Future  # -> (scores (C,), probabilities (C,)) as Python lists
+
+
+class QueueFull(ApiError):
+    def __init__(self, retry_after_s: int):
+        super().__init__(503, "queue_full", "the server is at capacity; retry after the Retry-After delay",
+                         {"Retry-After": str(retry_after_s)})
+
+
+class BatchingEngine:
+    """Owns the queue, the batcher task and the model thread."""
+
+    def __init__(self, prompted: PromptedCLIP, *, max_batch: int, max_wait_ms: float, max_queue: int,
+                 timeout_s: float, retry_after_s: int = 1, metrics=None, encode: EncodeFn | None = None):
+        self.prompted = prompted
+        self.encode = encode or build_encode_fn(prompted)
+        self.device = next(prompted.clip.parameters()).device
+        self.logit_scale = float(prompted.logit_scale)
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
+        self.max_queue, self.timeout_s, self.retry_after_s = max_queue, timeout_s, retry_after_s
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Job] | None = None
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task: asyncio.Task | None = None
+        self._staging: Tensor | None = None  # pinned host buffer for CUDA uploads
+        self.in_flight = 0  # jobs submitted and not yet answered
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.max_queue)
+        self._task = asyncio.get_running_loop().create_task(self._batch_loop(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.queue is not None:
+            while not self.queue.empty():
+                job = self.queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+        self.model_thread.shutdown(wait=True)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every submitted job is answered (or timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.in_flight == 0
+
+    # ------------------------------------------------------------------ requests
+    async def classify(self, pixels: Tensor, entry: DomainEntry, snapshot: Snapshot) -> tuple[list, list]:
+        """Scores and probabilities over `entry`'s labels (label order); raises ApiError 503/504."""
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(Job(pixels, entry, snapshot, fut))
+        except asyncio.QueueFull:
+            raise QueueFull(self.retry_after_s) from None
+        self.in_flight += 1
+        try:
+            return await asyncio.wait_for(fut, self.timeout_s)  # cancels fut on timeout: the batcher skips it
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no result within {self.timeout_s:g} s") from None
+        finally:
+            self.in_flight -= 1
+
+    # ------------------------------------------------------------------ batching
+    async def _collect(self) -> list[Job]:
+        q = self.queue
+        batch = [await q.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            while len(batch) < self.max_batch and not q.empty():
+                batch.append(q.get_nowait())
+            remaining = deadline - time.monotonic()
+            if len(batch) >= self.max_batch or remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(q.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            depth = self.queue.qsize()
+            batch = [j for j in batch if not j.future.done()]  # timed out while queued
+            if not batch:
+                continue
+            if self.metrics is not None:
+                self.metrics.observe_batch(len(batch), depth)
+            t0 = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self.model_thread, self._forward, batch)
+            except asyncio.CancelledError:
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+                raise
+            except Exception as e:  # fan the failure out to every request of the batch; keep serving
+                log.exception("batch of %d failed", len(batch))
+                err = ApiError(500, "inference_failed", f"the model failed on this batch ({type(e).__name__})")
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(err)
+                continue
+            if self.metrics is not None:
+                self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+            for j, r in zip(batch, results, strict=True):
+                if not j.future.done():
+                    j.future.set_result(r)
+
+    # ------------------------------------------------------------------ model thread
+    def _upload(self, pixels: list[Tensor]) -> Tensor:
+        """(B, 3, H, W) on the device; through a reused pinned buffer on CUDA."""
+        if self.device.type != "cuda":
+            return torch.stack(pixels)
+        shape = (self.max_batch, *pixels[0].shape)
+        if self._staging is None or self._staging.shape != shape:
+            self._staging = torch.empty(shape, dtype=pixels[0].dtype, pin_memory=True)
+        host = self._staging[: len(pixels)]
+        torch.stack(pixels, out=host)
+        out = host.to(self.device, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()  # the staging buffer is reused next batch
+        return out
+
+    def _forward(self, batch: list[Job]) -> list[tuple[list, list]]:
+        """Runs in the model thread. Returns per job (scores, probabilities) over its labels."""
+        groups: dict[tuple[int, ShapeKey], list[int]] = {}
+        for i, j in enumerate(batch):
+            groups.setdefault((id(j.snapshot), j.entry.shape), []).append(i)
+        out: list = [None] * len(batch)
+        with torch.inference_mode():
+            for (_, shape), idx in groups.items():
+                jobs = [batch[i] for i in idx]
+                snap = jobs[0].snapshot
+                vrows = torch.tensor([j.entry.vision_row for j in jobs], device=self.device)
+                trows = torch.tensor([j.entry.text_row for j in jobs], device=self.device)
+                images = self._upload([j.pixels for j in jobs])  # (B, 3, H, W)
+                prompts = snap.vision_banks[shape].index_select(0, vrows)  # (B, depth, n, Wv)
+                feats = self.encode(images, prompts).float()  # (B, E), normalised
+                text = snap.text_bank.index_select(0, trows)  # (B, Cmax, E)
+                scores = torch.einsum("be,bce->bc", feats, text)  # (B, Cmax) cosine similarities
+                counts = snap.label_counts.index_select(0, trows)  # (B,)
+                valid = torch.arange(scores.shape[1], device=scores.device)[None, :] < counts[:, None]
+                probs = (self.logit_scale * scores).masked_fill(~valid, float("-inf")).softmax(dim=-1)
+                scores_l, probs_l, counts_l = scores.cpu().tolist(), probs.cpu().tolist(), counts.cpu().tolist()
+                for k, i in enumerate(idx):
+                    c = counts_l[k]
+                    out[i] = (scores_l[k][:c], probs_l[k][:c])
+        return out
+
+    async def warmup(self, snapshot: Snapshot, image_size: int, sizes: tuple[int, ...] = (1, 2)) -> None:
+        """One forward per prompt shape and batch size, through the same path as requests."""
+        loop = asyncio.get_running_loop()
+        for entry in {e.shape: e for e in snapshot.domains.values()}.values():
+            for b in sizes:
+                jobs = [Job(torch.zeros(3, image_size, image_size), entry, snapshot, loop.create_future())
+                        for _ in range(min(b, self.max_batch))]
+                await loop.run_in_executor(self.model_thread, self._forward, jobs)

@@ -1,0 +1,109 @@
+"""Reading request bodies: multipart or JSON, with byte limits enforced while reading."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
+
+from .errors import ApiError, validation_error
+from .registry import DomainEntry, Snapshot
+
+MULTIPART, JSON = "multipart/form-data", "application/json"
+_OVERHEAD = 64 * 1024  # multipart boundaries and headers, JSON keys and domains
+
+
+def content_kind(request: Request) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in (MULTIPART, JSON):
+        return ctype
+    raise ApiError(415, "unsupported_media_type",
+                   f"content type {ctype or 'none'!r} is not accepted; send multipart/form-data or application/json")
+
+
+def check_content_length(request: Request, limit: int) -> None:
+    n = request.headers.get("content-length")
+    if n is not None and n.isdigit() and int(n) > limit:
+        raise ApiError(413, "payload_too_large", f"request body is {n} bytes; the limit is {limit} bytes")
+
+
+def body_limit(max_image_bytes: int, items: int) -> int:
+    return items * (max_image_bytes * 4 // 3 + 4 + _OVERHEAD) + _OVERHEAD
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    check_content_length(request, limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, limit: int, max_files: int) -> FormData:
+    check_content_length(request, limit)
+    try:
+        return await request.form(max_files=max_files + 1, max_fields=max_files + 16)
+    except Exception as e:  # starlette raises HTTPException(400) or parser errors on hostile bodies
+        detail = getattr(e, "detail", None) or str(e) or type(e).__name__
+        if "Too many files" in str(detail):
+            raise ApiError(413, "too_many_items", f"too many files; the limit is {max_files}") from None
+        raise ApiError(400, "malformed_multipart", f"could not parse the multipart body: {detail}") from None
+
+
+async def read_upload(file: Any, field: str, max_bytes: int) -> bytes:
+    """Bytes of an uploaded file part, refusing more than `max_bytes` without reading it all."""
+    if not isinstance(file, UploadFile):
+        raise validation_error(f"field {field!r} must be a file upload, not a text field")
+    data = await file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError(413, "image_too_large", f"image is larger than the limit of {max_bytes} bytes")
+    return data
+
+
+def decode_base64(text: Any, max_bytes: int) -> bytes:
+    if not isinstance(text, str):
+        raise validation_error("field 'image' must be a base64 string")
+    if text.startswith("data:"):
+        head, sep, rest = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise ApiError(400, "invalid_base64", "a data: URI image must be base64 (data:image/...;base64,...)")
+        text = rest
+    if len(text) > max_bytes * 4 // 3 + 1024:
+        raise ApiError(413, "image_too_large", f"image is larger than the limit of {max_bytes} bytes")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", "field 'image' is not valid base64") from None
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+
+
+def check_domain(value: Any) -> str:
+    if value is None:
+        raise validation_error("field 'domain' is required")
+    if not isinstance(value, str):
+        raise validation_error("field 'domain' must be a string")
+    if not value.strip():
+        raise validation_error("field 'domain' must not be empty")
+    return value.strip()
+
+
+def lookup(snapshot: Snapshot, domain: str) -> DomainEntry:
+    """The loaded bundle for `domain` (a dict lookup: request input never becomes a path)."""
+    entry = snapshot.domains.get(domain)
+    if entry is None:
+        shown = domain if len(domain) <= 64 else domain[:64] + "..."
+        raise ApiError(404, "unknown_domain", f"unknown domain {shown!r}; known domains: {snapshot.known()}")
+    return entry

@@ -1,0 +1,79 @@
+"""Prometheus metrics, on a registry per app (tests build many apps in one process)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .registry import Snapshot
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+DEPTH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("moderation_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.errors = Counter("moderation_errors", "Error responses (and failed batch items) by route and code",
+                              ["route", "status", "code"], registry=r)
+        self.latency = Histogram("moderation_http_request_duration_seconds", "HTTP latency by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("moderation_images", "Images classified, by domain", ["domain"], registry=r)
+        self.flagged = Counter("moderation_flagged", "Images flagged (any unsafe label over threshold), by domain",
+                               ["domain"], registry=r)
+        self.batch_size = Histogram("moderation_batch_size", "Images per model forward pass",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Histogram("moderation_queue_depth", "Images left waiting when a batch was formed",
+                                     buckets=DEPTH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("moderation_inference_seconds", "Model time per batch",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.bundle = Gauge("moderation_bundle_loaded", "1 for each bundle version being served",
+                            ["domain", "version", "sha256"], registry=r)
+        self.bundle_generation = Gauge("moderation_bundle_generation", "Snapshot generation", registry=r)
+        self.reloads = Counter("moderation_reloads", "Store reloads by outcome", ["outcome"], registry=r)
+        self.ready = Gauge("moderation_ready", "1 when /readyz answers 200", registry=r)
+
+    def observe_batch(self, size: int, depth: int) -> None:
+        self.batch_size.observe(size)
+        self.queue_depth.observe(depth)
+
+    def set_bundles(self, snapshot: Snapshot) -> None:
+        self.bundle.clear()
+        for e in snapshot.domains.values():
+            self.bundle.labels(e.domain, e.version, e.sha256[:16]).set(1)
+        self.bundle_generation.set(snapshot.generation)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times every HTTP request by route template (bounded cardinality)."""
+
+    def __init__(self, app, metrics: ServiceMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            code = status["code"]
+            m = self.metrics
+            m.requests.labels(name, scope.get("method", ""), str(code)).inc()
+            m.latency.labels(name).observe(time.perf_counter() - t0)
+            if code >= 400:
+                state = scope.get("state") or {}
+                m.errors.labels(name, str(code), state.get("error_code", "http_error")).inc()

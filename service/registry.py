@@ -1,0 +1,213 @@
+"""The bundles being served, as one immutable snapshot swapped atomically on reload.
+
+A snapshot holds, on the model's device:
+  * one vision prompt bank per prompt shape (depth, n): (T_shape, depth, n, Wv);
+  * one padded text-feature bank (T, Cmax, E) of normalised label embeddings, computed once
+    per bundle load (serving runs only the image tower);
+  * per-domain metadata (labels, thresholds, version, group, metrics, checksum).
+
+Requests capture the snapshot when they arrive and finish on it, so a reload never changes a
+request half way. A bundle the core loader refuses is reported and the previous version of
+that domain keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from promptclip import Bundle, BundleError, LoadedCLIP, PromptedCLIP, PromptStore, label_tokens
+
+log = logging.getLogger(__name__)
+
+ShapeKey = tuple[int, int]  # (vision depth, prompt tokens): bundles of one shape share a forward pass
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    name: str
+    prompt: str
+    unsafe: bool
+    threshold: float
+
+
+@dataclass(frozen=True)
+class DomainEntry:
+    """One loaded bundle: what the API reports, plus where its tensors sit in the snapshot."""
+
+    domain: str
+    version: str
+    group: dict[str, Any]
+    labels: tuple[LabelInfo, ...]
+    metrics: dict[str, Any]
+    sha256: str
+    created_at: str
+    loaded_at: str
+    prompt: dict[str, int]
+    shape: ShapeKey
+    vision: Tensor  # (depth_v, n, Wv) on device, model dtype
+    text_features: Tensor  # (C, E) float32, normalised, on device
+    vision_row: int = -1  # index into snapshot.vision_banks[shape]
+    text_row: int = -1  # index into snapshot.text_bank
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    generation: int
+    domains: dict[str, DomainEntry]
+    vision_banks: dict[ShapeKey, Tensor]  # shape -> (T_shape, depth_v, n, Wv)
+    text_bank: Tensor | None  # (T, Cmax, E) float32, zero-padded
+    label_counts: Tensor | None  # (T,) long
+
+    def known(self) -> list[str]:
+        return sorted(self.domains)
+
+
+@dataclass
+class ReloadReport:
+    generation: int = 0
+    loaded: list[dict[str, str]] = field(default_factory=list)  # new or changed versions
+    unchanged: list[dict[str, str]] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)  # domain, version, kind, message
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused
+
+
+def build_snapshot(generation: int, entries: dict[str, DomainEntry], device: torch.device) -> Snapshot:
+    """Place entries into fresh banks (new rows), leaving the entries of older snapshots untouched."""
+    names = sorted(entries)
+    if not names:
+        return Snapshot(generation, {}, {}, None, None)
+    by_shape: dict[ShapeKey, list[str]] = {}
+    for name in names:
+        by_shape.setdefault(entries[name].shape, []).append(name)
+    vision_row = {m: row for members in by_shape.values() for row, m in enumerate(members)}
+    banks = {shape: torch.stack([entries[m].vision for m in members])  # (T_shape, depth, n, Wv)
+             for shape, members in by_shape.items()}
+    cmax = max(len(entries[n].labels) for n in names)
+    text_bank = torch.zeros(len(names), cmax, entries[names[0]].text_features.shape[1], device=device)
+    for row, n in enumerate(names):
+        f = entries[n].text_features
+        text_bank[row, : f.shape[0]] = f
+    counts = torch.tensor([len(entries[n].labels) for n in names], device=device)
+    placed = {n: replace(entries[n], vision_row=vision_row[n], text_row=row) for row, n in enumerate(names)}
+    return Snapshot(generation, placed, banks, text_bank, counts)
+
+
+class BundleRegistry:
+    """Loads every domain's CURRENT bundle and serves them as an atomically swapped Snapshot."""
+
+    def __init__(self, clip: LoadedCLIP, prompted: PromptedCLIP, store_dir: Path | str):
+        self.clip = clip
+        self.prompted = prompted
+        self.store = PromptStore(store_dir)
+        self.device = next(prompted.clip.parameters()).device
+        self._lock = threading.Lock()  # one reload at a time
+        self._snapshot = Snapshot(0, {}, {}, None, None)
+        self.last_report = ReloadReport()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot  # a single attribute read: atomic
+
+    def _entry(self, bundle: Bundle) -> DomainEntry:
+        m = bundle.manifest
+        dtype = self.prompted.dtype
+        vision = bundle.vision_prompts().to(self.device, dtype)  # (depth_v, n, Wv)
+        text = bundle.text_prompts().to(self.device, dtype)  # (depth_t, n, Wt)
+        n = vision.shape[1]
+        tokens = label_tokens(self.clip.tokenizer, [lab.prompt for lab in m.labels], n).to(self.device)  # (C, ctx)
+        with torch.inference_mode():
+            prompts = text.unsqueeze(0).expand(tokens.shape[0], -1, -1, -1) if n else None
+            feats = self.prompted.encode_text(tokens, prompts).float()  # (C, E), normalised
+        if not torch.isfinite(feats).all():
+            raise BundleError("shape", m.domain, "text features are not finite")
+        return DomainEntry(
+            domain=m.domain, version=m.version, group=dict(m.group),
+            labels=tuple(LabelInfo(lab.name, lab.prompt, bool(lab.unsafe), float(lab.threshold)) for lab in m.labels),
+            metrics=dict(m.metrics), sha256=m.sha256, created_at=m.created_at,
+            loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            prompt=dict(m.prompt), shape=(int(vision.shape[0]), int(n)), vision=vision, text_features=feats,
+        )
+
+    def reload(self) -> ReloadReport:
+        """Rescan the store; load changed CURRENT versions; swap one new snapshot in.
+
+        Domains whose bundle is refused, or that vanished from disk, keep their previous
+        version (reported under `refused`): moderation coverage is never dropped silently.
+        """
+        with self._lock:
+            old = self._snapshot
+            report = ReloadReport(generation=old.generation + 1)
+            entries: dict[str, DomainEntry] = {}
+            on_disk = self.store.domains()
+            if not self.store.root.is_dir():
+                report.refused.append({"domain": "*", "version": "", "kind": "missing",
+                                       "message": f"store directory {self.store.root} does not exist"})
+            for domain in on_disk:
+                prev = old.domains.get(domain)
+                try:
+                    version = self.store.current_version(domain)
+                except OSError as e:
+                    version = None
+                    err: Exception | None = e
+                else:
+                    err = None
+                if prev is not None and version == prev.version:  # versions are immutable
+                    entries[domain] = prev
+                    report.unchanged.append({"domain": domain, "version": prev.version})
+                    continue
+                try:
+                    if err is not None:
+                        raise err
+                    bundle = self.store.load_current(domain, base=self.clip.info)
+                    if bundle.domain != domain:
+                        raise BundleError("manifest", domain, f"bundle is for domain {bundle.domain!r}, "
+                                                              f"stored under {domain!r}")
+                    entries[domain] = self._entry(bundle)
+                    report.loaded.append({"domain": domain, "version": bundle.version,
+                                          "previous": prev.version if prev else ""})
+                except Exception as e:  # BundleError, OSError, ValueError from a hostile store
+                    kind = getattr(e, "kind", type(e).__name__)
+                    report.refused.append({"domain": domain, "version": version or "", "kind": kind,
+                                           "message": str(e)})
+                    log.error("refused bundle %s@%s (%s): %s%s", domain, version, kind, e,
+                              f"; still serving {prev.version}" if prev else "")
+                    if prev is not None:
+                        entries[domain] = prev
+            for domain, prev in old.domains.items():
+                if domain not in entries:
+                    entries[domain] = prev
+                    report.refused.append({"domain": domain, "version": prev.version, "kind": "missing",
+                                           "message": "no bundle on disk any more; still serving "
+                                                      f"{prev.version}"})
+            if report.loaded or not old.domains:
+                self._snapshot = build_snapshot(report.generation, entries, self.device)
+            else:
+                report.generation = old.generation
+            self.last_report = report
+            log.info("reload generation %d: loaded %s, unchanged %d, refused %s", report.generation,
+                     [f"{x['domain']}@{x['version']}" for x in report.loaded], len(report.unchanged),
+                     [f"{x['domain']}:{x['kind']}" for x in report.refused])
+            return report
+
+    def signature(self) -> dict[str, str | None]:
+        """Domain -> CURRENT version on disk (cheap; for polling)."""
+        try:
+            return {d: self.store.current_version(d) for d in self.store.domains()}
+        except OSError:
+            return {}
+

@@ -1,0 +1,190 @@
+"""Request and response models, one per role, with OpenAPI examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+# ---------------------------------------------------------------- errors
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable error code", examples=["unknown_domain"])
+    message: str = Field(description="what was wrong and what is accepted")
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"error": {"code": "unknown_domain", "message": "unknown domain 'x'; known domains: ['comic', 'photo']"}}]})
+    error: ErrorBody
+
+
+def error_doc(description: str, example_code: str, example_message: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description,
+            "content": {"application/json": {"example": {"error": {"code": example_code,
+                                                                   "message": example_message}}}}}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+ERRORS = {
+    400: error_doc("Undecodable, truncated or degenerate image; malformed body", "undecodable_image",
+                   "JPEG data is truncated or corrupt"),
+    404: error_doc("Unknown domain (the message lists the known ones)", "unknown_domain",
+                   "unknown domain 'x'; known domains: ['comic', 'photo', 'sketch']"),
+    413: error_doc("Too many bytes, too many pixels, or too many batch items", "image_too_large",
+                   "image is 20000000 bytes; the limit is 10485760 bytes"),
+    415: error_doc("Unsupported image format or request content type", "unsupported_format",
+                   "TIFF images are not supported; send JPEG, PNG, WebP, GIF (first frame), BMP"),
+    422: error_doc("Missing or invalid fields", "validation_error", "field 'domain' is required"),
+    500: error_doc("The model failed on the batch this request was in", "inference_failed",
+                   "the model failed on this batch (RuntimeError)"),
+    503: {**error_doc("Queue full (retry after Retry-After) or shutting down", "queue_full",
+                      "the server is at capacity; retry after the Retry-After delay"), "headers": RETRY_AFTER},
+    504: error_doc("No result within the request timeout", "timeout", "no result within 30 s"),
+}
+ADMIN_ERRORS = {
+    401: error_doc("Missing or wrong bearer token", "unauthorized", "a valid bearer token is required"),
+    403: error_doc("Admin endpoints are disabled (no MODERATION_ADMIN_TOKEN)", "admin_disabled",
+                   "admin endpoints are disabled: set MODERATION_ADMIN_TOKEN"),
+}
+
+
+# ---------------------------------------------------------------- classify
+class ClassifyRequest(BaseModel):
+    """JSON form of /classify. Multipart (`image` file + `domain` field) is accepted too."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": _PNG_1PX, "domain": "photo"}]})
+    image: str = Field(description="base64 image bytes (a data: URI prefix is accepted)")
+    domain: str = Field(description="domain whose bundle classifies the image", min_length=1)
+
+
+class BatchItemRequest(BaseModel):
+    image: str = Field(description="base64 image bytes")
+    domain: str = Field(min_length=1)
+
+
+class BatchRequest(BaseModel):
+    """JSON form of /classify/batch. Multipart (`images` files + `domains` fields) is accepted too."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"items": [{"image": _PNG_1PX, "domain": "photo"}, {"image": _PNG_1PX, "domain": "sketch"}]}]})
+    items: list[BatchItemRequest] = Field(min_length=1)
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="cosine similarity between the image and the label prompt")
+    probability: float = Field(description="softmax of logit_scale * cosine over the domain's labels")
+    threshold: float = Field(description="probability at or above which an unsafe label is flagged")
+    unsafe: bool
+    flagged: bool = Field(description="unsafe and probability >= threshold")
+
+
+class BundleRef(BaseModel):
+    version: str
+    group: str = Field(description="id of the prompt group the domain's bundle belongs to")
+
+
+_EXAMPLE_RESULT = {
+    "domain": "photo", "bundle": {"version": "v0001", "group": "g0"}, "model": "tiny-clip",
+    "labels": [
+        {"label": "weapon", "score": 0.31, "probability": 0.81, "threshold": 0.5, "unsafe": True, "flagged": True},
+        {"label": "flower", "score": 0.12, "probability": 0.19, "threshold": 0.5, "unsafe": False,
+         "flagged": False}],
+    "top_label": "weapon", "flagged": True, "needs_review": False, "latency_ms": 4.2,
+}
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE_RESULT]})
+    domain: str
+    bundle: BundleRef
+    model: str = Field(description="CLIP architecture serving the request")
+    labels: list[LabelScore] = Field(description="every label of the domain, highest score first")
+    top_label: str
+    flagged: bool = Field(description="any unsafe label at or above its threshold")
+    needs_review: bool = Field(description="an unsafe label within REVIEW_MARGIN below its threshold")
+    latency_ms: float
+
+
+class BatchItemResult(BaseModel):
+    index: int = Field(description="position of the item in the request")
+    status: int = Field(description="HTTP status this item would have had alone")
+    result: ClassifyResponse | None = None
+    error: ErrorBody | None = None
+
+
+class BatchResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "results": [{"index": 0, "status": 200, "result": _EXAMPLE_RESULT, "error": None},
+                    {"index": 1, "status": 404, "result": None,
+                     "error": {"code": "unknown_domain", "message": "unknown domain 'x'; known domains: ['photo']"}}],
+        "latency_ms": 7.5}]})
+    results: list[BatchItemResult]
+    latency_ms: float
+
+
+# ---------------------------------------------------------------- domains, admin, health
+class LabelInfoOut(BaseModel):
+    name: str
+    prompt: str
+    unsafe: bool
+    threshold: float
+
+
+class DomainInfo(BaseModel):
+    domain: str
+    version: str
+    group: dict[str, Any] = Field(description='{"id": ..., "members": [...]}')
+    labels: list[LabelInfoOut]
+    metrics: dict[str, Any]
+    sha256: str
+    created_at: str
+    loaded_at: str
+    prompt: dict[str, int]
+
+
+class DomainsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"domains": [{
+        "domain": "photo", "version": "v0001", "group": {"id": "g0", "members": ["photo", "painting"]},
+        "labels": [{"name": "weapon", "prompt": "a photo of a weapon.", "unsafe": True, "threshold": 0.5}],
+        "metrics": {"accuracy": 0.93}, "sha256": "9f2c...", "created_at": "2026-11-24T00:00:00+00:00",
+        "loaded_at": "2026-11-24T01:00:00+00:00", "prompt": {"depth": 4, "group_tokens": 4, "private_tokens": 4}}],
+        "model": "tiny-clip"}]})
+    domains: list[DomainInfo]
+    model: str
+
+
+class ReloadItem(BaseModel):
+    domain: str
+    version: str
+    previous: str | None = None
+    kind: str | None = None
+    message: str | None = None
+
+
+class ReloadResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "ok": False, "generation": 3, "loaded": [{"domain": "photo", "version": "v0002", "previous": "v0001"}],
+        "unchanged": [{"domain": "sketch", "version": "v0001"}],
+        "refused": [{"domain": "comic", "version": "v0002", "kind": "checksum",
+                     "message": "tensor sha256 ... differs from manifest ..."}],
+        "domains": {"photo": "v0002", "sketch": "v0001", "comic": "v0001"}}]})
+    ok: bool = Field(description="false when any bundle was refused (the previous version keeps serving)")
+    generation: int
+    loaded: list[ReloadItem]
+    unchanged: list[ReloadItem]
+    refused: list[ReloadItem]
+    domains: dict[str, str] = Field(description="domain -> version now serving")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(examples=["ready"])
+    domains: int = 0
+    reason: str | None = None

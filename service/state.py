@@ -1,0 +1,46 @@
+"""What the lifespan builds and the routes use, reached through `Annotated` dependencies."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from promptclip import LoadedCLIP, PromptedCLIP
+
+from .decode import ImageDecoder
+from .engine import BatchingEngine
+from .errors import ApiError
+from .metrics import ServiceMetrics
+from .registry import BundleRegistry
+from .settings import Settings
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: ServiceMetrics
+    clip: LoadedCLIP | None = None
+    prompted: PromptedCLIP | None = None
+    registry: BundleRegistry | None = None
+    engine: BatchingEngine | None = None
+    decoder: ImageDecoder | None = None
+    ready: bool = False  # model + bundles loaded and warmed up
+    draining: bool = False  # SIGTERM received: /readyz 503, in-flight work finishing
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def model_name(self) -> str:
+        return self.clip.info.architecture if self.clip else self.settings.model
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    if state.engine is None:
+        raise ApiError(503, "not_ready", "the service is starting; retry shortly", {"Retry-After": "1"})
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
