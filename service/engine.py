@@ -34,8 +34,18 @@ log = logging.getLogger(__name__)
 EncodeFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def build_encode_fn(prompted: PromptedCLIP) -> EncodeFn:
-    """The image encoder the engine calls. Plug an accelerated runner (promptclip.accel) in here."""
+def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch: int = 32) -> EncodeFn:
+    """The image encoder the engine calls: the one place a faster runner plugs in.
+
+    On CUDA with `cuda_graphs`, promptclip.accel.ImageRunner replays a CUDA graph per batch
+    bucket (padded up to the next bucket); elsewhere the eager prompted image tower.
+    """
+    device = next(prompted.clip.parameters()).device
+    if cuda_graphs and device.type == "cuda":
+        from promptclip.accel import DEFAULT_BUCKETS, ImageRunner
+
+        buckets = tuple(b for b in DEFAULT_BUCKETS if b < max_batch) + (max_batch,)
+        return ImageRunner(prompted, buckets=buckets)
     return prompted.encode_image
 
 
@@ -57,9 +67,10 @@ class BatchingEngine:
     """Owns the queue, the batcher task and the model thread."""
 
     def __init__(self, prompted: PromptedCLIP, *, max_batch: int, max_wait_ms: float, max_queue: int,
-                 timeout_s: float, retry_after_s: int = 1, metrics=None, encode: EncodeFn | None = None):
+                 timeout_s: float, retry_after_s: int = 1, metrics=None, encode: EncodeFn | None = None,
+                 cuda_graphs: bool = False):
         self.prompted = prompted
-        self.encode = encode or build_encode_fn(prompted)
+        self.encode = encode or build_encode_fn(prompted, cuda_graphs, max_batch)
         self.device = next(prompted.clip.parameters()).device
         self.logit_scale = float(prompted.logit_scale)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
@@ -199,9 +210,13 @@ class BatchingEngine:
                     out[i] = (scores_l[k][:c], probs_l[k][:c])
         return out
 
-    async def warmup(self, snapshot: Snapshot, image_size: int, sizes: tuple[int, ...] = (1, 2)) -> None:
-        """One forward per prompt shape and batch size, through the same path as requests."""
+    async def warmup(self, snapshot: Snapshot, image_size: int) -> None:
+        """One forward per prompt shape and batch size, through the same path as requests.
+
+        With a bucketed runner every bucket is captured now, not on the first unlucky request.
+        """
         loop = asyncio.get_running_loop()
+        sizes = tuple(getattr(self.encode, "buckets", (1, 2)))
         for entry in {e.shape: e for e in snapshot.domains.values()}.values():
             for b in sizes:
                 jobs = [Job(torch.zeros(3, image_size, image_size), entry, snapshot, loop.create_future())

@@ -46,7 +46,8 @@ async def _startup(st: ServiceState) -> None:
     st.decoder = ImageDecoder(st.clip.preprocess, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
                               min_side=s.min_image_side, workers=s.decode_workers)
     engine = BatchingEngine(st.prompted, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
-                            timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics)
+                            timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
+                            cuda_graphs=s.cuda_graphs)
     engine.start()
     if s.warmup:
         buf = io.BytesIO()

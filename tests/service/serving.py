@@ -207,7 +207,7 @@ def image_bytes(kind: str, size: tuple[int, int] = (64, 48), seed: int = 0) -> b
         rgba.putalpha(Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L"))
         rgba.save(buf, "PNG")
     elif kind == "png16":
-        Image.fromarray((arr[..., 0].astype(np.uint16) * 257), "I;16").save(buf, "PNG")
+        Image.fromarray(arr[..., 0].astype(np.uint16) * 257).save(buf, "PNG")
     elif kind == "exif":
         exif = Image.Exif()
         exif[0x0112] = 6  # rotate 90 CW on display
