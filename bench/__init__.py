@@ -1,0 +1,10 @@
+"""Benchmarks that print ratios measured side by side in one run (DESIGN §9).
+
+Run as ``python -m bench <name> [options]``; every bench prints a human-readable table and
+then one final line of JSON. Results and the commands that produced them: bench/RESULTS.md.
+"""
+
+BENCHES = {
+    "encoder": "bench.encoder",  # bare open_clip encode_image vs the prompted image tower
+    "service": "bench.service",  # the real HTTP server vs the bare and prompted encoders
+}

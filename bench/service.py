@@ -1,0 +1,318 @@
+"""The real HTTP server against the bare and the prompted encoder, same model, one run.
+
+    python -m bench service --model ViT-B-32 --device cpu
+    python -m bench service --model ViT-B-16 --device cuda --precision fp16 --concurrency 1,16,64,256
+
+What it does:
+  1. builds a random-init CLIP (real FLOPs), saves it to a temporary .safetensors (the server
+     loads it as a local checkpoint: MODERATION_PRETRAINED=<path>), and publishes one bundle
+     per domain (random prompts, production sizes) into a temporary store;
+  2. starts `python -m service` in a subprocess with MODERATION_* settings, waits for /readyz;
+  3. drives it over HTTP with JPEG uploads and mixed domains: /classify at each concurrency,
+     then /classify/batch;
+  4. between the HTTP phases, measures in this process the bare open_clip `encode_image`
+     and the prompted image tower (PromptedCLIP through promptclip.accel.ImageRunner, what
+     the server runs) on the same images, preprocessed once: model only, decode and
+     preprocess NOT included (their cost is reported separately, per image, per core).
+
+service_over_bare = best sustained HTTP throughput / bare encoder throughput at the
+server's MAX_BATCH; service_over_prompted = the same over the prompted encoder's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.timing import emit, interleaved, machine, median_ratio, table
+from promptclip import (
+    Label,
+    ModelSpec,
+    PromptConfig,
+    PromptedCLIP,
+    PromptStore,
+    TaskPrompts,
+    bundle_from_prompts,
+    load_clip,
+)
+from promptclip.accel import ImageRunner
+
+DOMAINS = ["photo", "sketch", "comic", "painting", "cartoon", "clipart", "infograph", "quickdraw"]
+LABELS = ["safe", "weapon", "drugs", "gore", "nudity"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+def save_random_clip(model_name: str, path: Path, seed: int = 0) -> Path:
+    """A random-init open_clip model as a local checkpoint the server can load by path."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(model_name, pretrained=None)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_private: int) -> None:
+    """One bundle per domain; domains paired into groups, as grouping would do."""
+    info = clip.info
+    groups = [domains[i:i + 2] for i in range(0, len(domains), 2)]
+    prompts = TaskPrompts(domains, groups, PromptConfig(n_group, n_private), info.vision_width,
+                          info.vision_layers, info.text_width, info.text_layers)
+    prompts.reset_parameters(std=0.02, generator=torch.Generator().manual_seed(0))
+    store = PromptStore(store_dir)
+    for d in domains:
+        labels = [Label(name=lab, prompt=f"a {d} of {lab}.", unsafe=lab != "safe", threshold=0.5) for lab in LABELS]
+        store.publish(bundle_from_prompts(prompts, d, version="v0001", base=info, labels=labels,
+                                          metrics={"accuracy": 0.0}), base=info)
+
+
+def make_jpegs(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:
+    """Photo-like JPEGs: smooth colour fields plus fine noise, quality 90."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        coarse = torch.from_numpy(rng.random((1, 3, 6, 8), dtype=np.float32))
+        img = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)[0]
+        arr = img.permute(1, 2, 0).numpy() * 220 + rng.normal(0, 12, (height, width, 3))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- load generation
+async def drive(url: str, jpegs: list[bytes], domains: list[str], concurrency: int, warmup_s: float,
+                duration_s: float, batch_items: int = 0) -> dict:
+    """Closed-loop load: `concurrency` clients, each sending its next request when one returns.
+
+    Throughput counts the images whose request completed inside the measured window. With
+    `batch_items` > 0 each request is a /classify/batch of that many images.
+    """
+    import httpx
+
+    lat: list[float] = []
+    images_done, errors = 0, 0
+    t_start = time.perf_counter()
+    t_meas, t_end = t_start + warmup_s, t_start + warmup_s + duration_s
+    limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        nonlocal images_done, errors
+        i = k * 7919
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            if batch_items:
+                sel = [(i + j) % len(jpegs) for j in range(batch_items)]
+                files = [("images", (f"{j}.jpg", jpegs[j], "image/jpeg")) for j in sel]
+                data = {"domains": [domains[(i + j) % len(domains)] for j in range(batch_items)]}
+                r = await http.post("/classify/batch", files=files, data=data)
+                ok = r.status_code == 200 and all(it["status"] == 200 for it in r.json()["results"])
+                n = batch_items
+            else:
+                r = await http.post("/classify", files={"image": ("x.jpg", jpegs[i % len(jpegs)], "image/jpeg")},
+                                    data={"domain": domains[i % len(domains)]})
+                ok, n = r.status_code == 200, 1
+            t1 = time.perf_counter()
+            i += batch_items or 1
+            if not ok:
+                errors += 1
+            elif t_meas <= t1 <= t_end:  # completed inside the window (long batches may start before it)
+                lat.append(t1 - t0)
+                images_done += n
+
+    async with httpx.AsyncClient(base_url=url, timeout=600.0, limits=limits) as http:
+        await asyncio.gather(*(client(k, http) for k in range(concurrency)))
+    lat.sort()
+    q = (lambda p: 1e3 * lat[min(len(lat) - 1, int(p * len(lat)))]) if lat else (lambda p: float("nan"))
+    return {"img_s": images_done / duration_s, "requests": len(lat), "errors": errors,
+            "p50_ms": q(0.50), "p99_ms": q(0.99), "mean_ms": 1e3 * statistics.fmean(lat) if lat else float("nan")}
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode} before it was ready")
+        try:
+            if httpx.get(url + "/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the server was not ready within {timeout_s:.0f} s")
+
+
+# ----------------------------------------------------------------------------- main
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench service", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random init, real FLOPs)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (server and in-process encoder)")
+    p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--domains", type=int, default=4, help="domains published and mixed in the traffic")
+    p.add_argument("--tokens", default="4,4", help="group,private prompt tokens per layer")
+    p.add_argument("--images", type=int, default=32, help="distinct JPEGs cycled through")
+    p.add_argument("--image-size", default="640x480", help="JPEG width x height")
+    p.add_argument("--concurrency", default=None, help="single-image /classify levels (default 1,4,16 CPU; "
+                                                       "1,16,64,256 CUDA)")
+    p.add_argument("--batch-items", type=int, default=16, help="images per /classify/batch request (0: skip)")
+    p.add_argument("--batch-concurrency", type=int, default=None, help="concurrent batch requests "
+                                                                       "(default 2 CPU, 16 CUDA)")
+    p.add_argument("--duration", type=float, default=None, help="measured seconds per level (default 12 CPU, 10 CUDA)")
+    p.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per level (default 3 CPU, 2 CUDA)")
+    p.add_argument("--max-batch", type=int, default=None, help="server MODERATION_MAX_BATCH (default 16 CPU, 256 CUDA)")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="server MODERATION_MAX_WAIT_MS (default: "
+                                                                   "its own)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in the server and here (default: torch's)")
+    p.add_argument("--decode-workers", type=int, default=None, help="server MODERATION_DECODE_WORKERS")
+    p.add_argument("--server-log", default=None, help="write the server's output here (default: discarded)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    precision = args.precision or ("fp16" if cuda else "fp32")
+    levels = [int(c) for c in (args.concurrency or ("1,16,64,256" if cuda else "1,4,16")).split(",")]
+    duration = args.duration or (10.0 if cuda else 12.0)
+    warm = args.warmup if args.warmup is not None else (2.0 if cuda else 3.0)
+    max_batch = args.max_batch or (256 if cuda else 16)
+    batch_conc = args.batch_concurrency or (16 if cuda else 2)
+    n_group, n_private = (int(t) for t in args.tokens.split(","))
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    domains = DOMAINS[: args.domains] if args.domains <= len(DOMAINS) else [f"d{i}" for i in range(args.domains)]
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    proc = None
+    try:
+        print(f"[setup] random {args.model} -> {tmp}/model.safetensors, {len(domains)} bundles", flush=True)
+        ckpt = save_random_clip(args.model, tmp / "model.safetensors")
+        clip = load_clip(ModelSpec(model=args.model, pretrained=str(ckpt), device=str(device), precision=precision))
+        publish_bundles(clip, tmp / "store", domains, n_group, n_private)
+        jpegs = make_jpegs(args.images, width, height)
+
+        # decode + preprocess cost (PIL, this thread): what the server's decode pool pays per image
+        t = time.perf_counter()
+        pixels = [clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
+        decode_ms = 1e3 * (time.perf_counter() - t) / len(jpegs)
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, MODERATION_MODEL=args.model, MODERATION_PRETRAINED=str(ckpt),
+                   MODERATION_DEVICE=str(device), MODERATION_PRECISION=precision,
+                   MODERATION_STORE_DIR=str(tmp / "store"), MODERATION_HOST="127.0.0.1", MODERATION_PORT=str(port),
+                   MODERATION_MAX_BATCH=str(max_batch), MODERATION_MAX_QUEUE=str(max(4096, 4 * max_batch)),
+                   MODERATION_MAX_BATCH_ITEMS=str(max(64, args.batch_items)), MODERATION_ACCESS_LOG="false",
+                   MODERATION_LOG_LEVEL="warning", MODERATION_REQUEST_TIMEOUT_S="600")
+        if args.max_wait_ms is not None:
+            env["MODERATION_MAX_WAIT_MS"] = str(args.max_wait_ms)
+        if args.threads:
+            env["MODERATION_TORCH_THREADS"] = str(args.threads)
+        if args.decode_workers:
+            env["MODERATION_DECODE_WORKERS"] = str(args.decode_workers)
+        log = open(args.server_log, "w") if args.server_log else subprocess.DEVNULL  # noqa: SIM115
+        print(f"[setup] starting python -m service on {url} (MAX_BATCH={max_batch})", flush=True)
+        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        wait_ready(url, proc, timeout_s=900)
+
+        # the in-process reference: same weights, same prompts, same images, server's batch size
+        enc = PromptedCLIP(clip.model)
+        runner = ImageRunner(enc, buckets=(max_batch,))
+        bank = torch.stack([PromptStore(tmp / "store").load_current(d, clip.info).vision_prompts() for d in domains])
+        bank = bank.to(device, enc.dtype)
+        reps = [pixels[i % len(pixels)] for i in range(max_batch)]
+        images = torch.stack(reps).to(device)
+        idx = (torch.arange(max_batch) % len(domains)).to(device)
+        fns = {"bare": lambda: clip.model.encode_image(images, normalize=True),
+               "prompted": lambda: runner(images, bank[idx])}
+        enc_times: dict[str, list[float]] = {"bare": [], "prompted": []}
+
+        def encoder_rep(first: bool = False) -> None:
+            with torch.inference_mode():
+                got = interleaved(fns, device, reps=1, target_s=0.5 if cuda else 0.1, warmup=1 if first else 0)
+            for k, v in got.items():
+                enc_times[k].append(v[0])
+
+        phases = [(f"/classify c={c}", c, 0) for c in levels]
+        if args.batch_items:
+            phases.append((f"/classify/batch x{args.batch_items} c={batch_conc}", batch_conc, args.batch_items))
+        encoder_rep(first=True)
+        http: dict[str, dict] = {}
+        for name, conc, items in phases:
+            print(f"[run] {name} for {warm:g}+{duration:g} s", flush=True)
+            http[name] = asyncio.run(drive(url, jpegs, domains, conc, warm, duration, items))
+            encoder_rep()
+
+        bare_s = statistics.median(enc_times["bare"])
+        prompted_s = statistics.median(enc_times["prompted"])
+        bare_img_s, prompted_img_s = max_batch / bare_s, max_batch / prompted_s
+        best_name = max(http, key=lambda k: http[k]["img_s"])
+        best = http[best_name]
+        c1 = http.get("/classify c=1")
+
+        rows = [{"what": "bare encode_image (model only)", "img/s": bare_img_s, "p50 ms": "", "p99 ms": ""},
+                {"what": "prompted runner (model only)", "img/s": prompted_img_s, "p50 ms": "", "p99 ms": ""}]
+        rows += [{"what": "HTTP " + k, "img/s": v["img_s"], "p50 ms": v["p50_ms"], "p99 ms": v["p99_ms"],
+                  "requests": v["requests"], "errors": v["errors"]} for k, v in http.items()]
+        print(f"\nservice bench: {args.model} on {device} ({precision}), {len(domains)} domains mixed, prompts "
+              f"{n_group}+{n_private} tokens, {width}x{height} JPEGs, server MAX_BATCH={max_batch}")
+        print(table(rows, ["what", "img/s", "p50 ms", "p99 ms", "requests", "errors"]))
+        print(f"\nencoder reference at bs{max_batch}, {len(enc_times['bare'])} interleaved reps "
+              f"(model only: decode+preprocess excluded); PIL decode+preprocess {decode_ms:.1f} ms/image/core")
+        print(f"best: {best_name} {best['img_s']:.2f} img/s -> service_over_bare "
+              f"{best['img_s'] / bare_img_s:.3f}, service_over_prompted {best['img_s'] / prompted_img_s:.3f}")
+
+        result = {
+            "bench": "service", "model": args.model, "device": str(device), "precision": precision,
+            "domains": len(domains), "tokens": {"group": n_group, "private": n_private},
+            "jpeg": f"{width}x{height}", "max_batch": max_batch,
+            "encoder_includes_decode": False,
+            "bare_img_s": bare_img_s, "prompted_img_s": prompted_img_s,
+            "prompted_over_bare": median_ratio(enc_times["bare"], enc_times["prompted"]),
+            "service_img_s": best["img_s"], "best": best_name,
+            "service_over_bare": best["img_s"] / bare_img_s,
+            "service_over_prompted": best["img_s"] / prompted_img_s,
+            "p50_ms_c1": c1["p50_ms"] if c1 else None, "p99_ms_c1": c1["p99_ms"] if c1 else None,
+            "p50_ms_best": best["p50_ms"], "p99_ms_best": best["p99_ms"],
+            "decode_preprocess_ms_per_image": decode_ms,
+            "http": http, "encoder_reps": len(enc_times["bare"]),
+            "machine": machine(),
+        }
+        emit(result)
+        return 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's own session only
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
