@@ -119,8 +119,12 @@ class Server:
     url: str
     proc: subprocess.Popen
     log_path: Path
+    final_log: str | None = None  # the whole log, kept once the server has stopped
 
     def log(self) -> str:
+        """Everything the server process wrote so far (stdout + stderr)."""
+        if self.final_log is not None:
+            return self.final_log
         return self.log_path.read_text(errors="replace")
 
     def client(self, **kw) -> httpx.Client:
@@ -171,6 +175,7 @@ def running_server(env: dict[str, str] | None = None, *, cwd: Path = REPO, start
                 proc.kill()
                 proc.wait(10)
         with contextlib.suppress(OSError):
+            server.final_log = log_path.read_text(errors="replace")
             log_path.unlink()
 
 
