@@ -15,6 +15,7 @@ device the decoded images live, so no per-image work stays on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import threading
@@ -218,10 +219,8 @@ def decode_jpeg_batch_gpu(data: Sequence[bytes], device: torch.device | str = "c
                     out[i] = t
             except RuntimeError:  # one bad image fails the whole batch: retry one by one
                 for i, r in zip(jpeg, raw, strict=True):
-                    try:
+                    with contextlib.suppress(RuntimeError):  # PIL below gets another try
                         out[i] = decode_jpeg(r, mode=ImageReadMode.RGB, device=device)
-                    except RuntimeError:
-                        pass  # PIL below
     for i, d in enumerate(data):
         if out[i] is None:
             try:
@@ -262,3 +261,60 @@ def preprocess_batch(images: Sequence[Tensor], image_size: int, mean: Sequence[f
         x = x[0, :, top:top + image_size, left:left + image_size].clamp_(0, 255)
         out[i] = (x - m) / s
     return out
+
+
+class DeviceJpegPreprocessor:
+    """Plain JPEG bytes -> (3, S, S) model input decoded and preprocessed on `device`.
+
+    The seam a service decoder calls before its PIL path: it returns None for anything it
+    does not take (not a JPEG, CMYK / odd modes, EXIF rotation, over the pixel limits,
+    corrupt), so the PIL path handles those and raises its own precise errors. The header is
+    read with PIL (no pixel decoded) to apply the same limits first.
+
+    Args:
+        device: where to decode (nvjpeg on CUDA; torchvision's libjpeg on CPU).
+        image_size, mean, std: the model's preprocess (`model.visual.preprocess_cfg`).
+        max_pixels: width * height above this is left to the PIL path (which refuses it).
+        min_side: images with a smaller side are left to the PIL path (which refuses them).
+    """
+
+    def __init__(self, device: torch.device | str, image_size: int, mean: Sequence[float] = OPENAI_MEAN,
+                 std: Sequence[float] = OPENAI_STD, max_pixels: int = 40_000_000, min_side: int = 1):
+        self.device = torch.device(device)
+        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        self.max_pixels, self.min_side = max_pixels, min_side
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, device: torch.device | str, **limits) -> DeviceJpegPreprocessor:
+        """Read size, mean and std from an open_clip model's `visual.preprocess_cfg`."""
+        cfg = model.visual.preprocess_cfg
+        size = cfg["size"]
+        return cls(device, int(size[0] if isinstance(size, (tuple, list)) else size), cfg["mean"], cfg["std"],
+                   **limits)
+
+    def accepts(self, data: bytes) -> bool:
+        """A baseline/progressive RGB or greyscale JPEG within limits, upright."""
+        if data[:3] != b"\xff\xd8\xff":
+            return False
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                return (im.format == "JPEG" and im.mode in ("RGB", "L") and w * h <= self.max_pixels
+                        and min(w, h) >= self.min_side and im.getexif().get(0x0112, 1) in (1, None))
+        except Exception:  # hostile headers: the PIL path reports them
+            return False
+
+    def __call__(self, data: bytes) -> Tensor | None:
+        """(3, S, S) float32 on `device`, or None: use the PIL path."""
+        if not self.accepts(data):
+            return None
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                              device=self.device)
+        except RuntimeError:  # truncated / corrupt: the PIL path raises the 400
+            return None
+        return preprocess_batch([img], self.image_size, self.mean, self.std)[0]

@@ -231,3 +231,34 @@ def test_gpu_jpeg_decode_matches_pil_and_falls_back():
         assert (got.cpu().int() - want.int()).abs().float().mean() < 3
     batch = preprocess_batch(out, 32, dtype=torch.float16)
     assert batch.shape == (4, 3, 32, 32) and batch.device.type == "cuda"
+
+
+def test_device_jpeg_preprocessor_matches_pil_and_declines_what_it_should(tiny_clip):
+    from promptclip.accel import DeviceJpegPreprocessor
+
+    pre = DeviceJpegPreprocessor.for_model(tiny_clip.model, "cpu", max_pixels=10_000, min_side=8)
+    assert pre.image_size == 32
+    data = _jpeg(64, 48, seed=9)
+    got = pre(data)
+    want = tiny_clip.preprocess(Image.open(io.BytesIO(data)))
+    assert got is not None and got.shape == want.shape and got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.1
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(png, format="PNG")
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (16, 16)).save(cmyk, format="JPEG")
+    for declined in (png.getvalue(), cmyk.getvalue(), _jpeg(200, 100), _jpeg(20, 4),
+                     _jpeg(40, 24, exif_orientation=6), data[: len(data) // 3], b"\xff\xd8\xffjunk"):
+        assert pre(declined) is None
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_device_jpeg_preprocessor_matches_cpu(tiny_clip):
+    from promptclip.accel import DeviceJpegPreprocessor
+
+    data = _jpeg(64, 48, seed=10)
+    got = DeviceJpegPreprocessor.for_model(tiny_clip.model, "cuda")(data)
+    want = DeviceJpegPreprocessor.for_model(tiny_clip.model, "cpu")(data)
+    assert got.device.type == "cuda"
+    assert (got.cpu() - want).abs().mean() < 0.05
