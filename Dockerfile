@@ -1,0 +1,38 @@
+# Moderation service on a CUDA-capable torch base. Multi-stage: dependencies are installed
+# before any project code is copied (that layer is reused until pyproject.toml changes), the
+# project is built into a wheel in a throw-away stage, and the runtime runs as a non-root user.
+# The image was never built in the environment that wrote it (no docker engine there): see docs/service.md.
+ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+FROM ${BASE_IMAGE} AS deps
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml ./
+# runtime + serving dependencies read from pyproject.toml (torch comes with the base image)
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
+
+FROM deps AS build
+COPY README.md ./
+COPY promptclip/ promptclip/
+COPY service/ service/
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
+
+FROM deps AS runtime
+ENV PYTHONUNBUFFERED=1 \
+    MODERATION_HOST=0.0.0.0 \
+    MODERATION_PORT=8000 \
+    MODERATION_STORE_DIR=/app/prompts_store
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl \
+ && rm -rf /wheels \
+ && useradd --create-home --uid 10001 --shell /usr/sbin/nologin moderation
+WORKDIR /app
+# demo bundles baked in; docker-compose mounts ./prompts_store over them read-only
+COPY --chown=root:root prompts_store/ /app/prompts_store/
+USER 10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "service"]
