@@ -90,6 +90,25 @@ def variants(model, enc: PromptedCLIP, bank: Tensor, images: Tensor, idx: Tensor
     return fns
 
 
+def print_profiles(model, enc: PromptedCLIP, bank: Tensor, bs: int, size: int, dtype: torch.dtype,
+                   device: torch.device, domains: int) -> None:
+    """Where the time goes: torch.profiler's top ops by self time, bare vs prompted, one call each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    images = torch.randn(bs, 3, size, size, device=device, dtype=dtype)
+    idx = torch.arange(bs, device=device) % domains
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    for name, fn in (("bare", lambda: model.encode_image(images, normalize=True)),
+                     ("prompted", lambda: enc.encode_image(images, bank[idx]))):
+        with torch.inference_mode():
+            fn()
+            with profile(activities=acts) as prof:
+                fn()
+        print(f"\nprofile: {name} at bs{bs}")
+        print(prof.key_averages().table(sort_by=sort, row_limit=12))
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench encoder", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -97,17 +116,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--batch-sizes", default=None,
-                   help="comma-separated (default: 1,8,32 on CPU; 1,8,32,128,256 on CUDA)")
+                   help="comma-separated (default: 1,4,16 on CPU; 1,8,32,128,256 on CUDA)")
     p.add_argument("--tokens", default="4,4", help="group,private prompt tokens per layer")
     p.add_argument("--depth", type=int, default=None, help="layers with fresh prompts (default: all)")
     p.add_argument("--domains", type=int, default=4, help="prompt sets mixed in every batch")
-    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default: 7 CPU, 15 CUDA)")
+    p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default: 9 CPU, 15 CUDA)")
     p.add_argument("--rep-seconds", type=float, default=None,
                    help="target seconds per repetition (default: 0.3 CPU, 0.2 CUDA)")
     p.add_argument("--no-naive", action="store_true", help="skip the concatenate-per-layer variant")
     p.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph variants (CUDA only)")
     p.add_argument("--compile", action="store_true", help="add ImageRunner(compile=True)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, print torch.profiler's top ops for bare and prompted at the largest batch")
     return p.parse_args(argv)
 
 
@@ -119,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     precision = args.precision or ("fp16" if cuda else "fp32")
-    sizes = [int(s) for s in (args.batch_sizes or ("1,8,32,128,256" if cuda else "1,8,32")).split(",")]
-    reps = args.reps or (15 if cuda else 7)
+    sizes = [int(s) for s in (args.batch_sizes or ("1,8,32,128,256" if cuda else "1,4,16")).split(",")]
+    reps = args.reps or (15 if cuda else 9)
     rep_s = args.rep_seconds or (0.2 if cuda else 0.3)
     n_group, n_private = (int(t) for t in args.tokens.split(","))
     if cuda:
@@ -158,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         per_batch[bs] = res
 
     big = max(sizes)
+    if args.profile:
+        print_profiles(model, enc, bank, big, size, dtype, device, args.domains)
     one = torch.randn(1, 3, size, size, device=device, dtype=dtype)
     bare_flops = count_flops(lambda: model.encode_image(one))
     prompted_flops = count_flops(lambda: enc.encode_image(one, bank[:1]))
