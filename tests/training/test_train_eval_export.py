@@ -1,0 +1,138 @@
+"""Training, resume, evaluation report, export/rollback and DDP through the CLI's main(argv)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from promptclip import ModelSpec, PromptStore, load_bundle, load_clip
+from training import main
+from training.export import calibrate_threshold
+
+from .conftest import DOMAINS, FAST
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def prompts_of(run, variant="group_private", seed=0):
+    return torch.load(Path(run) / "models" / f"{variant}-s{seed}" / "final.pt", weights_only=False)["prompts"]
+
+
+def train(world, grouped, out, *extra):
+    return main(["train", "--data", str(world), "--groups", str(grouped / "groups.json"), "--out", str(out),
+                 *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(world, grouped, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained")
+    assert train(world, grouped, run) == 0
+    return run
+
+
+def test_train_updates_group_and_private_prompts(trained, grouped):
+    state = prompts_of(trained)
+    groups = json.loads((grouped / "groups.json").read_text())["groups"]
+    assert {k.split(".")[0] for k in state} == {"vision_group", "text_group", "vision_private", "text_private"}
+    assert len([k for k in state if k.startswith("text_group")]) == len(groups)
+    assert all(f"text_private.{d}" in state for d in DOMAINS)
+    ckpt = torch.load(trained / "models" / "group_private-s0" / "last.pt", weights_only=False)
+    assert ckpt["step"] == 6
+
+
+def test_resume_gives_the_uninterrupted_result(world, grouped, trained, tmp_path):
+    assert train(world, grouped, tmp_path, "--stop-after", "1") == 0
+    run = tmp_path / "models" / "group_private-s0"
+    assert not (run / "final.pt").exists()
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 2
+    assert train(world, grouped, tmp_path, "--resume") == 0
+    a, b = prompts_of(trained), prompts_of(tmp_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_same_prompts_other_seed_differs(world, grouped, trained, tmp_path):
+    assert train(world, grouped, tmp_path / "again") == 0
+    assert train(world, grouped, tmp_path / "other", "--seed", "1") == 0
+    a, again, other = prompts_of(trained), prompts_of(tmp_path / "again"), prompts_of(tmp_path / "other", seed=1)
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert not torch.equal(a["text_private.photo"], other["text_private.photo"])
+
+
+def test_evaluate_report_shape(world, grouped, trained, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "groups.json").write_text((grouped / "groups.json").read_text())
+    assert main(["evaluate", "--data", str(world), "--run", str(run), *FAST, "--seeds", "0", "1"]) == 0
+    rep = json.loads((run / "report.json").read_text())
+    names = ["zero_shot", "private_only", "all_shared", "group_private", "global_group_private"]
+    assert list(rep["variants"]) == names
+    for name, v in rep["variants"].items():
+        assert set(v["per_domain"]) == set(DOMAINS)
+        assert all(0.0 <= a <= 1.0 for a in v["per_domain"].values()) and 0.0 <= v["mean"] <= 1.0
+        assert abs(v["mean"] - sum(v["per_domain"].values()) / len(DOMAINS)) < 1e-9
+        assert set(v["per_seed"]) == {"0", "1"}
+        assert (v["trainable_params"] == 0) == (name == "zero_shot")
+    p = {k: v["trainable_params"] for k, v in rep["variants"].items()}
+    assert p["private_only"] > p["group_private"] >= p["global_group_private"] > p["all_shared"]
+    assert rep["variants"]["zero_shot"]["mean_sd"] == 0.0  # no training, same for every seed
+    md = (run / "report.md").read_text()
+    assert "| group_private |" in md or "| **group_private** |" in md
+    assert "±" in md
+
+
+def test_export_rollback(world, tiny_clip, trained, tmp_path):
+    store = tmp_path / "store"
+    assert main(["export", "--run", str(trained), "--store", str(store), "--created-at", "2026-01-01T00:00:00+00:00"]) == 0
+    assert main(["export", "--run", str(trained), "--store", str(store)]) == 0
+    ps = PromptStore(store)
+    assert ps.domains() == sorted(DOMAINS)
+    torch.manual_seed(0)  # the CLI builds random-init CLIPs from seed 0
+    clip = load_clip(ModelSpec(model="test-tiny", pretrained=None))
+    for d in DOMAINS:
+        assert ps.versions(d) == ["v0001", "v0002"] and ps.current_version(d) == "v0002"
+        b = load_bundle(store / d / "v0001.safetensors", clip.info)
+        m = b.manifest
+        assert m.domain == d and m.created_at == "2026-01-01T00:00:00+00:00"
+        assert 0.0 <= m.metrics["accuracy"] <= 1.0 and m.metrics["n_test"] == 32
+        assert "validation" in m.metrics["threshold_calibration"]
+        assert all(0.05 <= lab.threshold <= 0.95 for lab in m.labels)
+        assert {lab.name for lab in m.labels if lab.unsafe} == {"knife", "pistol", "syringe", "pill"}
+        assert d in m.group["members"]
+    assert main(["rollback", "--store", str(store), "--domain", "sketch", "--version", "v0001"]) == 0
+    assert ps.current_version("sketch") == "v0001" and ps.current_version("photo") == "v0002"
+    with pytest.raises(FileNotFoundError, match="available"):
+        main(["rollback", "--store", str(store), "--domain", "sketch", "--version", "v0009"])
+
+
+def test_threshold_calibration_separates_validation():
+    probs = torch.tensor([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    pos = torch.tensor([True, True, True, False, False, False])
+    thr = calibrate_threshold(probs, pos)
+    assert 0.3 < thr < 0.7  # a cut between the classes, not at an extreme
+    assert calibrate_threshold(probs, torch.zeros(6, dtype=torch.bool)) == 0.5
+
+
+@pytest.mark.slow
+def test_ddp_world_size_2_matches_world_size_1(world, grouped, tiny_json, tmp_path):
+    """torchrun, 2 CPU processes over gloo: each takes half of every task's samples."""
+    fast = [a if a != "test-tiny" else str(tiny_json) for a in FAST]
+    args = ["train", "--data", str(world), "--groups", str(grouped / "groups.json"), *fast]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for nproc, out in ((2, tmp_path / "ws2"), (1, tmp_path / "ws1")):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "training", *args, "--out", str(out)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = prompts_of(tmp_path / "ws1"), prompts_of(tmp_path / "ws2")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    init = torch.load(tmp_path / "ws2" / "models" / "group_private-s0" / "last.pt", weights_only=False)
+    assert init["step"] == 6

@@ -1,0 +1,290 @@
+"""`python -m training <command>`: synth, pretrain-tiny, group, train, evaluate, export, rollback, fit, demo.
+
+Options come from the dataclasses in config.py (their defaults and help texts), so `--help`
+shows every default. `main(argv)` is what tests call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .config import (
+    EvalConfig,
+    ExportConfig,
+    GroupConfig,
+    ModelConfig,
+    PretrainConfig,
+    PromptSizes,
+    SplitConfig,
+    SynthConfig,
+    TrainConfig,
+    to_dict,
+)
+
+log = logging.getLogger("training")
+
+
+def add_config(p: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    g = p.add_argument_group(cls.__name__)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        name = "--" + (prefix + f.name).replace("_", "-")
+        kw = {"default": default, "help": f.metadata.get("help", ""), "dest": prefix + f.name}
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kw.update(nargs=f.metadata.get("nargs", "+"), type=f.metadata.get("type", str))
+        else:
+            kw["type"] = type(default)
+        g.add_argument(name, **kw)
+
+
+def read_config(ns: argparse.Namespace, cls, prefix: str = "", **override):
+    vals = {f.name: getattr(ns, prefix + f.name) for f in fields(cls) if hasattr(ns, prefix + f.name)}
+    vals.update(override)
+    return cls(**vals)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the synthetic multi-domain data set", formatter_class=fmt)
+    s.add_argument("--out", required=True, type=Path, help="output DATA directory")
+    add_config(s, SynthConfig)
+
+    s = sub.add_parser("pretrain-tiny", help="pretrain the embedded tiny CLIP on synthetic photos",
+                       formatter_class=fmt)
+    add_config(s, PretrainConfig)
+    s.add_argument("--threads", type=int, default=ModelConfig.threads, help="torch CPU threads")
+
+    def common(s, data=True):
+        if data:
+            s.add_argument("--data", required=True, type=Path, help="DATA directory (ImageFolder per domain)")
+            s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all folders)")
+        add_config(s, ModelConfig)
+        add_config(s, SplitConfig)
+        add_config(s, PromptSizes)
+        add_config(s, TrainConfig)
+
+    s = sub.add_parser("group", help="group tasks by gradient similarity of global prompts", formatter_class=fmt)
+    common(s)
+    s.add_argument("--out", required=True, type=Path, help="RUN directory")
+    add_config(s, GroupConfig, prefix="group_")
+
+    s = sub.add_parser("train", help="train group + private prompts", formatter_class=fmt)
+    common(s)
+    s.add_argument("--groups", required=True, type=Path, help="groups.json from `group`")
+    s.add_argument("--out", required=True, type=Path, help="RUN directory")
+    s.add_argument("--variant", default="group_private", help="which variant to train (see evaluate)")
+    s.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
+    s.add_argument("--stop-after", type=int, default=0, help="stop after this many epochs (0: run to the end)")
+
+    s = sub.add_parser("evaluate", help="the five variants on the test split -> report.json/.md",
+                       formatter_class=fmt)
+    common(s)
+    s.add_argument("--run", required=True, type=Path, help="RUN directory (reads RUN/groups.json)")
+    add_config(s, EvalConfig)
+
+    s = sub.add_parser("export", help="publish one bundle per domain into a store", formatter_class=fmt)
+    s.add_argument("--run", required=True, type=Path, help="RUN directory")
+    s.add_argument("--store", required=True, type=Path, help="bundle store root")
+    s.add_argument("--data", type=Path, default=None, help="DATA directory (default: the one RUN was trained on)")
+    add_config(s, ExportConfig)
+
+    s = sub.add_parser("rollback", help="point a domain's CURRENT at an older version", formatter_class=fmt)
+    s.add_argument("--store", required=True, type=Path, help="bundle store root")
+    s.add_argument("--domain", required=True, help="domain")
+    s.add_argument("--version", required=True, help="version to make current, e.g. v0001")
+
+    s = sub.add_parser("fit", help="group, train, evaluate and export in one go", formatter_class=fmt)
+    common(s)
+    s.add_argument("--out", required=True, type=Path, help="RUN directory")
+    s.add_argument("--store", required=True, type=Path, help="bundle store root")
+    add_config(s, GroupConfig, prefix="group_")
+    add_config(s, EvalConfig)
+    add_config(s, ExportConfig, skip=("seed",))
+
+    s = sub.add_parser("demo", help="rebuild the embedded tiny CLIP and the demo bundles from seeds",
+                       formatter_class=fmt)
+    s.add_argument("--work", type=Path, default=Path("runs/demo"), help="scratch directory (data, run)")
+    s.add_argument("--store", type=Path, default=Path("prompts_store"), help="store whose domains are replaced")
+    s.add_argument("--skip-pretrain", action="store_true", help="reuse the embedded tiny CLIP as it is")
+    s.add_argument("--created-at", default="2026-01-01T00:00:00+00:00", help="fixed manifest timestamp")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ steps
+class Context:
+    """Loaded once per command: CLIP, data with splits, image cache."""
+
+    def __init__(self, ns: argparse.Namespace, data: Path, dist=None):
+        from .data import ImageCache, load_tasks
+        from .runtime import init_distributed, load_encoder, setup_determinism
+
+        self.model_cfg = read_config(ns, ModelConfig)
+        setup_determinism(self.model_cfg.threads)
+        self.dist = dist or init_distributed(self.model_cfg.device)
+        self.split = read_config(ns, SplitConfig)
+        self.sizes = read_config(ns, PromptSizes)
+        self.train = read_config(ns, TrainConfig)
+        self.clip, self.encoder = load_encoder(self.model_cfg, self.dist)
+        self.data = load_tasks(data, self.split.split_seed, self.split.test_frac, self.split.val_per_class,
+                               getattr(ns, "domains", None))
+        self.cache = ImageCache(self.clip.preprocess)
+        self.data_dir = Path(data)
+
+    def save_run_json(self, run: Path) -> None:
+        run.mkdir(parents=True, exist_ok=True)
+        info = {"data": str(self.data_dir.resolve()), "model": to_dict(self.model_cfg), "split": to_dict(self.split),
+                "prompt": to_dict(self.sizes), "train": to_dict(self.train), "tasks": self.data.tasks}
+        (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def cmd_synth(ns) -> int:
+    from .synth import write_world
+
+    cfg = read_config(ns, SynthConfig)
+    planted = write_world(ns.out, cfg.seed, cfg.per_class, cfg.size)
+    print(json.dumps({"out": str(ns.out), "groups": planted["groups"]}))
+    return 0
+
+
+def cmd_pretrain(ns) -> int:
+    from .pretrain import pretrain_tiny
+
+    rec = pretrain_tiny(read_config(ns, PretrainConfig), threads=ns.threads)
+    print(json.dumps(rec, indent=1))
+    return 0
+
+
+def do_group(ctx: Context, ns, run: Path) -> dict:
+    from .grouping import group_tasks
+
+    gcfg = read_config(ns, GroupConfig, prefix="group_")
+    ctx.save_run_json(run)
+    return group_tasks(ctx.clip, ctx.encoder, ctx.data, ctx.cache, ctx.sizes, ctx.train, ctx.split, gcfg, run)
+
+
+def read_groups(path: Path) -> list[list[str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `python -m training group` first")
+    return json.loads(path.read_text())["groups"]
+
+
+def do_train(ctx: Context, run: Path, groups, variant="group_private", resume=False, stop_after=0):
+    from .train import train_variant
+
+    if ctx.dist.is_main:
+        ctx.save_run_json(run)
+    out = run / "models" / f"{variant}-s{ctx.train.seed}"
+    model = train_variant(ctx.clip, ctx.encoder, ctx.data, ctx.cache, variant, groups, ctx.sizes, ctx.train,
+                          ctx.split, out, resume=resume, stop_after=stop_after, dist=ctx.dist, reuse=not resume)
+    return out, model
+
+
+def do_evaluate(ctx: Context, ns, run: Path, groups) -> dict:
+    from .evaluate import evaluate
+
+    return evaluate(ctx.clip, ctx.encoder, ctx.data, ctx.cache, groups, ctx.sizes, ctx.train, ctx.split,
+                    read_config(ns, EvalConfig), run, dist=ctx.dist)
+
+
+def do_export(ctx: Context, run: Path, store: Path, seed: int, version: str, created: str) -> dict:
+    from .export import export_run, write_json
+
+    final = run / "models" / f"group_private-s{seed}" / "final.pt"
+    if not final.is_file():
+        raise FileNotFoundError(f"{final} does not exist; run `python -m training train` with --seed {seed}")
+    out = export_run(ctx.clip, ctx.encoder, ctx.data, ctx.cache, final, store, version, created)
+    write_json(run / "export.json", out)
+    return out
+
+
+def cmd_group(ns) -> int:
+    res = do_group(Context(ns, ns.data), ns, ns.out)
+    print(json.dumps({"groups": res["groups"]}))
+    return 0
+
+
+def cmd_train(ns) -> int:
+    ctx = Context(ns, ns.data)
+    out, model = do_train(ctx, ns.out, read_groups(ns.groups), ns.variant, ns.resume, ns.stop_after)
+    if ctx.dist.is_main:
+        print(json.dumps({"run": str(out), "finished": model is not None}))
+    return 0
+
+
+def cmd_evaluate(ns) -> int:
+    ctx = Context(ns, ns.data)
+    rep = do_evaluate(ctx, ns, ns.run, read_groups(ns.run / "groups.json"))
+    if ctx.dist.is_main:
+        print((ns.run / "report.md").read_text())
+    return 0 if rep else 1
+
+
+def cmd_export(ns) -> int:
+    run_info = json.loads((ns.run / "run.json").read_text())
+    ns2 = argparse.Namespace(**{**run_info["model"], **run_info["split"], **run_info["prompt"], **run_info["train"],
+                                "domains": run_info["tasks"]})
+    ctx = Context(ns2, ns.data or Path(run_info["data"]))
+    out = do_export(ctx, ns.run, ns.store, ns.seed, ns.version, ns.created_at)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_rollback(ns) -> int:
+    from .export import rollback
+
+    path = rollback(ns.store, ns.domain, ns.version)
+    print(json.dumps({"domain": ns.domain, "current": ns.version, "path": str(path)}))
+    return 0
+
+
+def cmd_fit(ns) -> int:
+    t0 = time.time()
+    ctx = Context(ns, ns.data)
+    run = ns.out
+    res = do_group(ctx, ns, run)
+    groups = res["groups"]
+    do_train(ctx, run, groups)
+    rep = do_evaluate(ctx, ns, run, groups)
+    out = do_export(ctx, run, ns.store, ctx.train.seed, ns.version, ns.created_at)
+    minutes = (time.time() - t0) / 60
+    v = rep["variants"]
+    summary = {"groups": groups, "minutes": round(minutes, 2),
+               "means": {k: round(r["mean"], 4) for k, r in v.items()},
+               "exported": {d: o["version"] for d, o in out.items()}}
+    (run / "fit.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print((run / "report.md").read_text())
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_demo(ns) -> int:
+    from .demo import build_demo
+
+    print(json.dumps(build_demo(ns.work, ns.store, ns.skip_pretrain, ns.created_at), indent=1))
+    return 0
+
+
+COMMANDS = {"synth": cmd_synth, "pretrain-tiny": cmd_pretrain, "group": cmd_group, "train": cmd_train,
+            "evaluate": cmd_evaluate, "export": cmd_export, "rollback": cmd_rollback, "fit": cmd_fit,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return COMMANDS[ns.command](ns)

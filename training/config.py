@@ -1,0 +1,106 @@
+"""Typed run configuration: every default of the pipeline lives in this one file.
+
+Each field's `help` is its comment; the CLI builds its options from these dataclasses, so
+`python -m training <command> --help` shows exactly these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+def opt(default, help: str, **kw):  # noqa: A002 (argparse's word)
+    """A dataclass field whose help text the CLI shows."""
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt("tiny-clip", "open_clip architecture, e.g. ViT-B-16, or a path to an open_clip JSON config")
+    pretrained: str = opt("embedded", "'embedded' (the shipped tiny CLIP), a checkpoint path, or a tag like openai")
+    device: str = opt("cpu", "cpu | cuda | cuda:N (under torchrun: the local rank's GPU when cuda)")
+    threads: int = opt(1, "torch CPU threads; fixed so CPU runs repeat bit-for-bit (1: robust on shared cores)")
+
+
+@dataclass
+class SynthConfig:
+    seed: int = opt(0, "world seed: every image is a pure function of (seed, domain, label, index)")
+    per_class: int = opt(40, "images per (domain, label); splits take test/val from these, shots from the rest")
+    size: int = opt(48, "saved image side in pixels (drawn at 128 px and downsampled)")
+
+
+@dataclass
+class SplitConfig:
+    split_seed: int = opt(1234, "seed of the fixed test/validation split (independent of the training seed)")
+    test_frac: float = opt(0.5, "fraction of each (domain, label) folder held out for testing")
+    val_per_class: int = opt(4, "validation images per label (threshold calibration, never trained on)")
+    shots: int = opt(4, "training images per label per domain: the few-shot regime grouping is for")
+
+
+@dataclass
+class PromptSizes:
+    group_tokens: int = opt(4, "group-shared prompt tokens per layer per tower")
+    private_tokens: int = opt(4, "task-private prompt tokens per layer per tower")
+    depth: int = opt(0, "layers receiving fresh prompts (0: every layer)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = opt(150, "optimizer steps (same budget for every trained variant)")
+    epochs: int = opt(3, "checkpoints per run: one after each of this many equal slices of the steps")
+    batch_per_task: int = opt(8, "samples per task per step (balanced task sampling); divisible by world size")
+    lr: float = opt(0.02, "peak AdamW learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay on the prompts")
+    warmup: int = opt(10, "linear warm-up steps before the cosine decay")
+    init_scale: float = opt(1.0, "prompt init: N(0,1) x this x the frozen stream's RMS at each layer")
+    augment: bool = opt(True, "random flip + shift of training images (few shots)")
+    seed: int = opt(0, "training seed: shot sample, prompt init, batch order")
+
+
+@dataclass
+class GroupConfig:
+    steps: int = opt(60, "steps of global-prompt training while gradients are snapshot")
+    snapshots: list = opt([20, 40, 60], "steps at which per-task gradients are taken (step 0 is left out)", nargs="+",
+                          type=int)
+    tower: str = opt("text", "gradients compared: text | vision | both (text carries the signal; see docs)")
+    method: str = opt("agglomerative", "agglomerative (threshold-free, cut by silhouette) | bands")
+    bands: list = opt([0.8, 0.6], "band lower bounds for --method bands, highest first", nargs="+", type=float)
+
+
+@dataclass
+class EvalConfig:
+    seeds: list = opt([0, 1, 2], "training seeds; the report gives mean ± sd over them", nargs="+", type=int)
+    variants: list = opt(["zero_shot", "private_only", "all_shared", "group_private", "global_group_private"],
+                         "variants to evaluate", nargs="+")
+
+
+@dataclass
+class ExportConfig:
+    version: str = opt("", "bundle version to publish (empty: the store's next vNNNN)")
+    seed: int = opt(0, "which trained seed of group_private to export")
+    created_at: str = opt("", "manifest created_at (empty: SOURCE_DATE_EPOCH if set, else now)")
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = opt(0, "pretraining seed (images, init, batches)")
+    images: int = opt(6000, "captioned photo-style images rendered for pretraining")
+    steps: int = opt(900, "contrastive steps")
+    batch: int = opt(128, "images per step")
+    lr: float = opt(2e-3, "peak AdamW learning rate")
+    eval_per_class: int = opt(24, "images per (domain, label) in the zero-shot check after training")
+    out: str = opt("", "output safetensors (empty: promptclip/embedded/tiny-clip.safetensors)")
+
+
+# The embedded tiny CLIP: small enough to pretrain in minutes on 2 CPU cores and ship in git.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 48, "layers": 4, "width": 96, "patch_size": 6, "head_width": 48},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 4},
+}
+
+
+def to_dict(cfg) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)}

@@ -1,0 +1,253 @@
+"""Multi-task prompt training: group-shared + task-private prompts, balanced task sampling.
+
+One loop serves every trained variant, the grouping run and torchrun (DDP, gloo on CPU /
+nccl on CUDA): at world size 1 it is the same code without the wrapper. Each rank takes an
+equal slice of every task's samples, so DDP's averaged gradient equals the full-batch one.
+
+A run directory holds ``last.pt`` (rewritten after every epoch; ``--resume`` continues from it,
+bit-for-bit) and ``final.pt`` (prompts + everything needed to rebuild them, never CLIP).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from promptclip import (
+    MultiTaskCLIP,
+    PromptConfig,
+    PromptedCLIP,
+    TaskPrompts,
+    label_tokens,
+    measure_stream_rms,
+)
+
+from .config import PromptSizes, SplitConfig, TrainConfig, to_dict
+from .data import ImageCache, TaskData, fingerprint, items_tensors
+from .runtime import Dist
+
+log = logging.getLogger(__name__)
+
+TRAINED_VARIANTS = ("private_only", "all_shared", "group_private", "global_group_private")
+
+
+def variant_layout(variant: str, tasks: list[str], groups: list[list[str]],
+                   sizes: PromptSizes) -> tuple[list[list[str]], PromptConfig]:
+    """Groups and token counts of a variant. Every variant gives a task the same prompt length."""
+    n, depth = sizes.group_tokens + sizes.private_tokens, sizes.depth or None
+    if variant == "private_only":
+        return [[t] for t in tasks], PromptConfig(0, n, depth)
+    if variant == "all_shared":
+        return [list(tasks)], PromptConfig(n, 0, depth)
+    if variant == "group_private":
+        return [list(g) for g in groups], PromptConfig(sizes.group_tokens, sizes.private_tokens, depth)
+    if variant == "global_group_private":
+        return [list(tasks)], PromptConfig(sizes.group_tokens, sizes.private_tokens, depth)
+    if variant == "zero_shot":
+        return [list(tasks)], PromptConfig(0, 0, depth)
+    raise ValueError(f"unknown variant {variant!r}; known: zero_shot, {', '.join(TRAINED_VARIANTS)}")
+
+
+@dataclass
+class FewShot:
+    """The training shots of every task: (N, 3, H, W) images, labels, task indices."""
+
+    images: Tensor
+    labels: Tensor
+    tasks: Tensor
+
+    def by_task(self, t: int) -> Tensor:
+        return (self.tasks == t).nonzero().flatten()
+
+
+def build_model(encoder: PromptedCLIP, tokenizer, data: TaskData, groups: list[list[str]], pcfg: PromptConfig,
+                shots: FewShot, init_scale: float, seed: int) -> MultiTaskCLIP:
+    """Prompts initialised per layer at the frozen stream's RMS (the scale that keeps CLIP working)."""
+    prompts = TaskPrompts(data.tasks, groups, pcfg, encoder.vision_width, encoder.vision_layers,
+                          encoder.text_width, encoder.text_layers)
+    texts = [p for d in data.domains for p in d.prompts]
+    device = encoder.logit_scale.device
+    tokens = label_tokens(tokenizer, texts, pcfg.tokens).to(device)
+    rms_v, rms_t = measure_stream_rms(encoder, shots.images[:64].to(device), tokens)
+    prompts.reset_parameters(rms_v * init_scale, rms_t * init_scale, generator=torch.Generator().manual_seed(seed))
+    return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _augment(x: Tensor, gen: torch.Generator, shift: int = 3) -> Tensor:
+    """Random horizontal flip + shift by up to `shift` px (reflect-padded), per sample."""
+    B, _, H, W = x.shape
+    flip = torch.rand(B, generator=gen) < 0.5
+    off = torch.randint(0, 2 * shift + 1, (B, 2), generator=gen)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    pad = F.pad(x, (shift,) * 4, mode="reflect")
+    return torch.stack([pad[i, :, off[i, 0]:off[i, 0] + H, off[i, 1]:off[i, 1] + W] for i in range(B)])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, out_dir: Path | None = None,
+                 resume: bool = False, dist: Dist | None = None, stop_after: int = 0,
+                 hook: Callable[[int, MultiTaskCLIP], None] | None = None, desc: str = "train") -> bool:
+    """Train `model.prompts` in place. Returns False if stopped early by `stop_after` epochs.
+
+    `hook(step, model)` runs after `step` optimizer steps (1..steps), e.g. gradient snapshots.
+    """
+    dist = dist or Dist()
+    if cfg.batch_per_task % dist.world:
+        raise ValueError(f"batch_per_task={cfg.batch_per_task} must be divisible by world size {dist.world}")
+    device = model.encoder.logit_scale.device
+    prompts = model.prompts
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    opt = torch.optim.AdamW(prompts.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    start = 0
+    ckpt = out_dir / "last.pt" if out_dir is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        prompts.load_state_dict(state["prompts"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        start = state["step"]
+        log.info("resumed %s at step %d", out_dir, start)
+    per_task = [shots.by_task(t) for t in range(len(model.tasks))]
+    part = cfg.batch_per_task // dist.world
+    epoch_len = math.ceil(cfg.steps / max(1, cfg.epochs))
+    net.train()
+    bar = tqdm(range(start, cfg.steps), desc=desc, unit="step", disable=not dist.is_main, leave=False)
+    for step in bar:
+        # every rank draws the same full batch, then keeps its slice of each task
+        picks = [idx[torch.randint(0, len(idx), (cfg.batch_per_task,), generator=gen)] for idx in per_task]
+        full = torch.cat(picks)
+        x = shots.images[full]
+        if cfg.augment:
+            x = _augment(x, gen)
+        mine = torch.cat([torch.arange(t * cfg.batch_per_task + dist.rank * part,
+                                       t * cfg.batch_per_task + (dist.rank + 1) * part) for t in range(len(picks))])
+        logits = net(x[mine].to(device), shots.tasks[full][mine].to(device))
+        loss = F.cross_entropy(logits, shots.labels[full][mine].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if hook is not None:
+            hook(step + 1, model)
+        done = step + 1
+        if ckpt is not None and (done % epoch_len == 0 or done == cfg.steps):
+            if dist.is_main:
+                _atomic_save({"prompts": prompts.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "generator": gen.get_state(), "step": done}, ckpt)
+            if stop_after and done // epoch_len >= stop_after and done < cfg.steps:
+                log.info("stopping after epoch %d (step %d) as asked", done // epoch_len, done)
+                return False
+    net.eval()
+    return True
+
+
+def load_shots(cache: ImageCache, data: TaskData, split: SplitConfig, seed: int) -> FewShot:
+    return FewShot(*items_tensors(cache, data, "shots", seed=seed, shots=split.shots))
+
+
+def run_key(variant: str, groups, pcfg: PromptConfig, cfg: TrainConfig, split: SplitConfig, data: TaskData,
+            base: dict) -> dict:
+    """Everything a trained result depends on: a cached run is reused only if this matches."""
+    return {"variant": variant, "groups": groups, "prompt": asdict(pcfg), "train": to_dict(cfg),
+            "split": to_dict(split), "data": fingerprint(data), "base": base, "tasks": data.tasks}
+
+
+def train_variant(clip, encoder: PromptedCLIP, data: TaskData, cache: ImageCache, variant: str,
+                  groups: list[list[str]], sizes: PromptSizes, cfg: TrainConfig, split: SplitConfig,
+                  out_dir: Path, *, resume: bool = False, stop_after: int = 0, dist: Dist | None = None,
+                  reuse: bool = True) -> MultiTaskCLIP | None:
+    """Train one variant into `out_dir` (final.pt); reuse a finished run with the same key.
+
+    Returns the model with trained prompts, or None if `stop_after` interrupted it.
+    """
+    dist = dist or Dist()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layout, pcfg = variant_layout(variant, data.tasks, groups, sizes)
+    key = run_key(variant, layout, pcfg, cfg, split, data, clip.info.to_dict())
+    torch.manual_seed(cfg.seed)
+    shots = load_shots(cache, data, split, cfg.seed)
+    model = build_model(encoder, clip.tokenizer, data, layout, pcfg, shots, cfg.init_scale, cfg.seed)
+    final = out_dir / "final.pt"
+    if reuse and final.is_file():
+        saved = torch.load(final, map_location="cpu", weights_only=False)
+        if saved["key"] == key:
+            model.prompts.load_state_dict(saved["prompts"])
+            log.info("reusing finished run %s", out_dir)
+            return model
+    if variant != "zero_shot":
+        finished = run_training(model, shots, cfg, out_dir=out_dir, resume=resume, dist=dist, stop_after=stop_after,
+                                desc=f"{variant} s{cfg.seed}")
+        if not finished:
+            return None
+    if dist.is_main:
+        _atomic_save({"key": key, "prompts": model.prompts.state_dict(),
+                      "labels": {d.name: [asdict(lab) for lab in d.labels] for d in data.domains},
+                      "trainable_params": model.prompts.num_trainable()}, final)
+    return model
+
+
+def load_final(path: Path, encoder: PromptedCLIP, tokenizer, data: TaskData) -> tuple[MultiTaskCLIP, dict]:
+    """Rebuild a trained MultiTaskCLIP from a run's final.pt."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    key = saved["key"]
+    if key["tasks"] != data.tasks:
+        raise ValueError(f"{path} was trained on tasks {key['tasks']}, data has {data.tasks}")
+    pcfg = PromptConfig(**key["prompt"])
+    prompts = TaskPrompts(data.tasks, key["groups"], pcfg, encoder.vision_width, encoder.vision_layers,
+                          encoder.text_width, encoder.text_layers)
+    prompts.load_state_dict(saved["prompts"])
+    device = encoder.logit_scale.device
+    return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device), saved
+
+
+@torch.no_grad()
+def predict(model: MultiTaskCLIP, cache: ImageCache, data: TaskData, split: str, keep: bool = True,
+            chunk: int = 256) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per task: (probabilities (N, C), true labels (N,)) on a split."""
+    model.eval()
+    device = model.encoder.logit_scale.device
+    out = {}
+    for ti, dom in enumerate(data.domains):
+        items = getattr(dom, split)
+        probs = []
+        for i in range(0, len(items), chunk):
+            part = items[i:i + chunk]
+            x = cache.load([p for p, _ in part], cache=keep).to(device)
+            logits = model(x, torch.full((len(part),), ti, device=device))
+            probs.append(logits[:, : len(dom.labels)].softmax(-1).float().cpu())
+        out[dom.name] = (torch.cat(probs), torch.tensor([li for _, li in items]))
+    return out
+
+
+def accuracy(preds: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
+    return {d: float((p.argmax(1) == y).float().mean()) for d, (p, y) in preds.items()}
