@@ -136,16 +136,17 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(env: dict[str, str] | None = None, *, cwd: Path = REPO, startup_timeout: float = 180.0,
-                   clean_env: bool = True) -> Iterator[Server]:
+                   clean_env: bool = True, port: int | None = None, test_defaults: bool = True) -> Iterator[Server]:
     """Start `python -m service` on a free port with `env` settings; yield once /readyz answers 200.
 
-    MODERATION_* variables of the calling environment are dropped (unless clean_env=False), so
-    an empty `env` means "no settings" except host/port.
+    MODERATION_* variables of the calling environment are dropped (unless clean_env=False).
+    `test_defaults` adds host 127.0.0.1, a free port and one torch thread; with
+    `test_defaults=False, env={}` the server runs with no settings at all (port 8000).
     """
-    port = free_port()
+    port = port or (free_port() if test_defaults else 8000)
     base = {k: v for k, v in os.environ.items() if not (clean_env and k.startswith("MODERATION_"))}
-    full = {**base, "MODERATION_HOST": "127.0.0.1", "MODERATION_PORT": str(port), "MODERATION_TORCH_THREADS": "1",
-            "PYTHONUNBUFFERED": "1", **(env or {})}
+    defaults = {"MODERATION_HOST": "127.0.0.1", "MODERATION_PORT": str(port), "MODERATION_TORCH_THREADS": "1"}
+    full = {**base, **(defaults if test_defaults else {}), "PYTHONUNBUFFERED": "1", **(env or {})}
     log_fd, log_name = tempfile.mkstemp(prefix="service-", suffix=".log")
     log_path = Path(log_name)
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=cwd, env=full, stdout=log_fd,

@@ -1,0 +1,78 @@
+"""End to end: `python -m service` with no settings serves the embedded model and the demo bundles,
+and classifies synthetic images from an unseen seed about as well as the manifests report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from promptclip import PromptStore, read_manifest
+
+from .serving import REPO, running_server
+
+pytestmark = pytest.mark.slow
+
+EMBEDDED = REPO / "promptclip" / "embedded" / "tiny-clip.safetensors"
+STORE = REPO / "prompts_store"
+UNSEEN_SEED = 9173  # the demo bundles are trained on synth seed 0
+PER_CLASS = 12
+TOLERANCE = 0.05
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_default_service_serves_demo_bundles_accurately(tmp_path):
+    if not EMBEDDED.is_file() or not PromptStore(STORE).domains():
+        pytest.skip("embedded tiny CLIP or demo bundles not built yet (python -m training demo)")
+    if not _port_free(8000):
+        pytest.skip("port 8000 is taken; the no-settings server needs it")
+    data = tmp_path / "data"
+    out = subprocess.run([sys.executable, "-m", "training", "synth", "--out", str(data), "--seed", str(UNSEEN_SEED),
+                          "--per-class", str(PER_CLASS)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifests = {d: read_manifest(PromptStore(STORE).path(d, PromptStore(STORE).current_version(d)))
+                 for d in PromptStore(STORE).domains()}
+
+    with running_server({}, test_defaults=False) as srv, srv.client() as http:
+        assert srv.url.endswith(":8000")
+        served = {d["domain"]: d for d in http.get("/domains").json()["domains"]}
+        assert set(served) == set(manifests)
+        right = total = 0
+        expected = 0.0
+        per_domain = {}
+        for domain in sorted(served):
+            names = {lab["name"] for lab in served[domain]["labels"]}
+            files = [(p, p.parent.name) for p in sorted((data / domain).glob("*/*")) if p.parent.name in names]
+            assert files, f"no synthetic images for {domain}"
+            ok = 0
+            for i in range(0, len(files), 32):
+                chunk = files[i:i + 32]
+                r = http.post("/classify/batch", files=[("images", (p.name, p.read_bytes())) for p, _ in chunk],
+                              data={"domains": domain})
+                assert r.status_code == 200, r.text
+                for (_, label), res in zip(chunk, r.json()["results"], strict=True):
+                    assert res["status"] == 200, res
+                    ok += res["result"]["top_label"] == label
+            acc = ok / len(files)
+            reported = float(manifests[domain]["metrics"]["accuracy"])
+            per_domain[domain] = {"http": round(acc, 4), "manifest": reported, "n": len(files)}
+            right += ok
+            total += len(files)
+            expected += reported * len(files)
+        overall, reported = right / total, expected / total
+        (tmp_path / "accuracy.json").write_text(json.dumps(per_domain, indent=2))
+        logging.getLogger(__name__).info(json.dumps({"overall_http": overall, "overall_manifest": reported, "per_domain": per_domain}))
+        assert overall >= reported - TOLERANCE, per_domain
+
