@@ -182,8 +182,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-items", type=int, default=16, help="images per /classify/batch request (0: skip)")
     p.add_argument("--batch-concurrency", type=int, default=None, help="concurrent batch requests "
                                                                        "(default 2 CPU, 16 CUDA)")
-    p.add_argument("--duration", type=float, default=None, help="measured seconds per level (default 12 CPU, 10 CUDA)")
-    p.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per level (default 3 CPU, 2 CUDA)")
+    p.add_argument("--duration", type=float, default=None, help="measured seconds per level (default 20 CPU, 10 CUDA)")
+    p.add_argument("--warmup", type=float, default=None, help="unmeasured seconds per level (default 5 CPU, 2 CUDA)")
     p.add_argument("--max-batch", type=int, default=None, help="server MODERATION_MAX_BATCH (default 16 CPU, 256 CUDA)")
     p.add_argument("--max-wait-ms", type=float, default=None, help="server MODERATION_MAX_WAIT_MS (default: "
                                                                    "its own)")
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     precision = args.precision or ("fp16" if cuda else "fp32")
     levels = [int(c) for c in (args.concurrency or ("1,16,64,256" if cuda else "1,4,16")).split(",")]
-    duration = args.duration or (10.0 if cuda else 12.0)
-    warm = args.warmup if args.warmup is not None else (2.0 if cuda else 3.0)
+    duration = args.duration or (10.0 if cuda else 20.0)
+    warm = args.warmup if args.warmup is not None else (2.0 if cuda else 5.0)
     max_batch = args.max_batch or (256 if cuda else 16)
     batch_conc = args.batch_concurrency or (16 if cuda else 2)
     n_group, n_private = (int(t) for t in args.tokens.split(","))
