@@ -159,7 +159,9 @@ class ImageRunner:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: a graph captured lazily (a new prompt shape after a reload) must not
+        # fail because a service thread decodes a JPEG on the GPU at that moment.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             out = self._encode(images, prompts)
         g = _Graph(graph, images, prompts, out)
         self._graphs[key] = g
