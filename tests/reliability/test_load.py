@@ -70,6 +70,8 @@ def test_queue_overflow_answers_503_with_retry_after_never_hangs(limits_server):
         assert classify(c, REFERENCE).status_code == 200
 
 
+@pytest.mark.xfail(strict=True, reason="finding: request bodies are read with no deadline, so a slow "
+                   "upload holds a connection for as long as the client trickles (to fix in service/)")
 def test_slow_upload_exceeding_the_timeout_is_cut_off(limits_server):
     duration = 6 * LIMITS_TIMEOUT_S
     status, raw, elapsed, complete = slow_upload(limits_server.url, IMAGES[0], "photo", duration_s=duration)
