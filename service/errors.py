@@ -38,7 +38,7 @@ def error_response(err: ApiError, request: Request | None = None) -> JSONRespons
 
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+                 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large", 415: "unsupported_media_type",
                  422: "validation_error", 429: "too_many_requests", 503: "unavailable", 504: "timeout"}
 
 

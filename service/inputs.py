@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -35,21 +36,35 @@ def body_limit(max_image_bytes: int, items: int) -> int:
     return items * (max_image_bytes * 4 // 3 + 4 + _OVERHEAD) + _OVERHEAD
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def _body_timeout(seconds: float) -> ApiError:
+    return ApiError(408, "request_timeout", f"the request body did not arrive within {seconds:g} s")
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     check_content_length(request, limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+
+    async def receive() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), timeout_s)
+    except asyncio.TimeoutError:
+        raise _body_timeout(timeout_s) from None
     return b"".join(chunks)
 
 
-async def read_form(request: Request, limit: int, max_files: int) -> FormData:
+async def read_form(request: Request, limit: int, max_files: int, timeout_s: float) -> FormData:
     check_content_length(request, limit)
     try:
-        return await request.form(max_files=max_files + 1, max_fields=max_files + 16)
+        return await asyncio.wait_for(request.form(max_files=max_files + 1, max_fields=max_files + 16), timeout_s)
+    except asyncio.TimeoutError:
+        raise _body_timeout(timeout_s) from None
     except Exception as e:  # starlette raises HTTPException(400) or parser errors on hostile bodies
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
         if "Too many files" in str(detail):

@@ -33,6 +33,8 @@ ERRORS = {
                    "JPEG data is truncated or corrupt"),
     404: error_doc("Unknown domain (the message lists the known ones)", "unknown_domain",
                    "unknown domain 'x'; known domains: ['comic', 'photo', 'sketch']"),
+    408: error_doc("The request body did not arrive within MODERATION_BODY_TIMEOUT_S", "request_timeout",
+                   "the request body did not arrive within 30 s"),
     413: error_doc("Too many bytes, too many pixels, or too many batch items", "image_too_large",
                    "image is 20000000 bytes; the limit is 10485760 bytes"),
     415: error_doc("Unsupported image format or request content type", "unsupported_format",

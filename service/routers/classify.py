@@ -79,7 +79,7 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
     s = state.settings
     limit = body_limit(s.max_image_bytes, 1)
     if content_kind(request) == MULTIPART:
-        form = await read_form(request, limit, max_files=1)
+        form = await read_form(request, limit, max_files=1, timeout_s=s.body_timeout_s)
         images = form.getlist("image")
         if not images:
             raise validation_error("field 'image' (a file) is required")
@@ -89,7 +89,7 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
         domain = check_domain(form.get("domain"))
         data = await read_upload(images[0], "image", s.max_image_bytes)
     else:
-        raw = parse_json(await read_body(request, limit))
+        raw = parse_json(await read_body(request, limit, s.body_timeout_s))
         try:
             req = ClassifyRequest.model_validate(raw)
         except ValidationError as e:
@@ -126,7 +126,7 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
     limit = body_limit(s.max_image_bytes, n_max)
     items: list[tuple[Any, Any]] = []  # (bytes | ApiError, domain | ApiError)
     if content_kind(request) == MULTIPART:
-        form = await read_form(request, limit, max_files=n_max)
+        form = await read_form(request, limit, max_files=n_max, timeout_s=s.body_timeout_s)
         files, domains = form.getlist("images"), form.getlist("domains")
         if not files:
             raise validation_error("field 'images' (one or more files) is required")
@@ -145,7 +145,7 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
             except ApiError as e:
                 items.append((e, d))
     else:
-        raw = parse_json(await read_body(request, limit))
+        raw = parse_json(await read_body(request, limit, s.body_timeout_s))
         if not isinstance(raw, dict) or not isinstance(raw.get("items"), list):
             raise validation_error('the body must be {"items": [{"image": <base64>, "domain": ...}, ...]}')
         if not raw["items"]:

@@ -7,7 +7,7 @@ import base64
 import httpx
 import pytest
 
-from .serving import LABELS, image_bytes, running_server, tiny_env
+from .serving import LABELS, image_bytes, running_server, slow_multipart, tiny_env
 
 TOKEN = "test-admin-token"
 MAX_BYTES = 300_000
@@ -16,7 +16,8 @@ MAX_BYTES = 300_000
 @pytest.fixture(scope="module")
 def server(tiny_model, tiny_store):
     env = tiny_env(tiny_model, tiny_store.root, MODERATION_ADMIN_TOKEN=TOKEN, MODERATION_MAX_IMAGE_BYTES=MAX_BYTES,
-                   MODERATION_MAX_IMAGE_PIXELS=4_000_000, MODERATION_MAX_BATCH_ITEMS=8)
+                   MODERATION_MAX_IMAGE_PIXELS=4_000_000, MODERATION_MAX_BATCH_ITEMS=8,
+                   MODERATION_BODY_TIMEOUT_S=1.5)
     with running_server(env) as srv:
         yield srv
 
@@ -197,3 +198,15 @@ def test_concurrent_requests_are_batched(server, http):
     count = float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("moderation_batch_size_count")))
     total = float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("moderation_batch_size_sum")))
     assert total / count > 1.0, "some requests shared a forward pass"
+
+
+def test_slow_upload_gets_408(server, http):
+    content, headers = slow_multipart(image_bytes("jpeg"), "photo", seconds=4.0)
+    try:
+        r = httpx.post(server.url + "/classify", content=content, headers=headers, timeout=30)
+    except httpx.TransportError:  # the server may close while the client is still writing
+        r = None
+    if r is not None:
+        assert_error(r, 408, "request_timeout")
+    assert http.get("/readyz").status_code == 200
+    assert 'code="request_timeout"' in http.get("/metrics").text

@@ -8,25 +8,9 @@ import time
 import httpx
 import pytest
 
-from .serving import image_bytes, running_server, tiny_env
+from .serving import image_bytes, running_server, slow_multipart, tiny_env
 
 pytestmark = pytest.mark.slow
-
-
-def slow_multipart(data: bytes, domain: str, seconds: float, boundary: str = "drainboundary"):
-    """A multipart body sent in pieces over `seconds`: the request is in flight the whole time."""
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"domain\"\r\n\r\n{domain}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    pieces = 10
-    step = -(-len(body) // pieces)
-
-    def gen():
-        for i in range(0, len(body), step):
-            yield body[i:i + step]
-            time.sleep(seconds / pieces)
-
-    return gen(), {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(tiny_model, tiny_store):
