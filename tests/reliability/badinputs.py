@@ -76,6 +76,7 @@ class Case:
     item_statuses: list[int] | None = None  # batch: per-item statuses inside a 200
     method: str = "POST"
     note: str = ""
+    known_failure: str = ""  # a finding not fixed yet: the test is a strict xfail with this reason
 
 
 # ------------------------------------------------------------------ image makers
@@ -144,6 +145,23 @@ def corrupt_png() -> bytes:
     return bytes(good)
 
 
+def jpeg_header_bomb(side: int = 65_000) -> bytes:
+    """A small JPEG whose SOF header claims side x side pixels."""
+    data = bytearray(encode(noise(seed=8), "JPEG", quality=80))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+
+def gif_header_bomb(side: int = 65_535) -> bytes:
+    """A small GIF whose logical screen and frame claim side x side pixels."""
+    data = bytearray(encode(noise(seed=9).convert("P"), "GIF"))
+    data[6:10] = struct.pack("<HH", side, side)
+    desc = data.index(b"\x2c", 13 + 3 * 256)  # image descriptor after the global colour table
+    data[desc + 5:desc + 9] = struct.pack("<HH", side, side)
+    return bytes(data)
+
+
 def tiff() -> bytes:
     return encode(noise(seed=6), "TIFF")
 
@@ -191,6 +209,8 @@ def build_matrix(limits: Limits = Limits()) -> list[Case]:
         mp("decompression_bomb_png_20000x20000", bomb, 413, ("too_many_pixels",),
            note=f"{len(bomb)} bytes on disk, 400 megapixels decoded"),
         mp("over_pixel_limit_1200x1000", over_pixels, 413, ("too_many_pixels",)),
+        mp("jpeg_header_bomb_65000x65000", jpeg_header_bomb(), 413, ("too_many_pixels",)),
+        mp("gif_header_bomb_65535x65535", gif_header_bomb(), 413, ("too_many_pixels",)),
         mp("over_byte_limit", big, 413, ("image_too_large", "payload_too_large")),
         mp("corrupt_png_data", corrupt_png(), 400, ERR_400_IMAGE),
         mp("tiff_unsupported", tiff(), 415, ("unsupported_format",)),
@@ -248,6 +268,9 @@ def build_matrix(limits: Limits = Limits()) -> list[Case]:
         Case("json_not_an_object", "json", 422, ("validation_error",), json=[1, 2, 3]),
         Case("invalid_json", "raw", 400, ("invalid_json",), content=b'{"image": "abc", "domain": ',
              headers={"content-type": "application/json"}),
+        Case("json_deeply_nested", "raw", 400, ("invalid_json",), content=b"[" * 200_000 + b"]" * 200_000,
+             headers={"content-type": "application/json"}, note="json.loads raises RecursionError, not ValueError",
+             known_failure="finding: RecursionError from json.loads escapes as a 500 (to fix in service/)"),
         Case("json_over_byte_limit", "json", 413, ("image_too_large", "payload_too_large"),
              json={"image": base64.b64encode(big).decode(), "domain": "photo"}),
         Case("unsupported_content_type", "raw", 415, ("unsupported_media_type",), content=jpeg,

@@ -159,3 +159,56 @@ def _complete(resp: bytes) -> bool:
         if line.lower().startswith(b"content-length:"):
             return len(rest) >= int(line.split(b":")[1])
     return False
+
+
+def chunked_upload(url: str, total_bytes: int, chunk: int = 256 * 1024, path: str = "/classify",
+                   content_type: str = "multipart", read_timeout: float = 60.0) -> tuple[int | None, bytes, int]:
+    """Stream an oversized body with `Transfer-Encoding: chunked` (no Content-Length to check up front).
+
+    Returns (status or None, response bytes, body bytes sent before the server answered or closed).
+    A server that enforces its byte limit while reading answers long before `total_bytes`.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    boundary = "chunkboundary"
+    if content_type == "multipart":
+        ctype = f"multipart/form-data; boundary={boundary}"
+        prefix = (f'--{boundary}\r\nContent-Disposition: form-data; name="domain"\r\n\r\nphoto\r\n'
+                  f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
+                  "Content-Type: image/jpeg\r\n\r\n").encode()
+    else:
+        ctype, prefix = "application/json", b'{"domain": "photo", "image": "'
+    suffix = f"\r\n--{boundary}--\r\n".encode() if content_type == "multipart" else b'"}'
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: {ctype}\r\n\r\n").encode()
+    filler = b"A" * chunk  # valid base64 and harmless file bytes alike
+    sent, got = 0, b""
+    with socket.create_connection((host, int(port)), timeout=read_timeout) as s:
+        s.sendall(head)
+        pieces = [prefix] + [filler] * (total_bytes // chunk) + [suffix]
+        for piece in pieces:
+            if select.select([s], [], [], 0)[0]:
+                break
+            try:
+                s.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            except OSError:
+                break
+            sent += len(piece)
+            time.sleep(0.002)
+        else:
+            try:
+                s.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass
+        s.settimeout(read_timeout)
+        while True:
+            try:
+                part = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not part:
+                break
+            got += part
+            if b"\r\n\r\n" in got and _complete(got):
+                break
+    status = int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
+    return status, got, sent

@@ -14,6 +14,7 @@ import pytest
 
 from tests.reliability.badinputs import Case, Limits, build_matrix, write_payloads
 from tests.reliability.conftest import REFERENCE, assert_error, classify, scores
+from tests.reliability.loadgen import chunked_upload
 
 MATRIX = {c.name: c for c in build_matrix(Limits())}
 
@@ -57,7 +58,9 @@ def test_matrix_is_large_enough():
     assert len(MATRIX) >= 20 and len(bad) >= 20, (len(MATRIX), len(bad))
 
 
-@pytest.mark.parametrize("name", list(MATRIX))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=c.known_failure)) if c.known_failure else n
+    for n, c in MATRIX.items()])
 def test_bad_input(name, client, baseline, payload_files):
     case = MATRIX[name]
     resp = send(client, case, payload_files[name])
@@ -92,3 +95,19 @@ def test_bad_input(name, client, baseline, payload_files):
     assert again.status_code == 200
     for k, v in baseline.items():
         assert scores(again)[k] == pytest.approx(v, abs=1e-6)
+
+
+@pytest.mark.parametrize("path", ["/classify", "/classify/batch"])
+@pytest.mark.parametrize("content_type", [
+    pytest.param("multipart", marks=pytest.mark.xfail(strict=True, reason=(
+        "finding: a multipart body without Content-Length is spooled in full (no byte cap while "
+        "reading) before the 413; to fix in service/"))),
+    "json"])
+def test_chunked_body_over_the_limit_is_cut_off_while_reading(main_server, client, baseline, content_type, path):
+    """No Content-Length to check up front: the byte limit must hold while the body streams in."""
+    total = 64 * 1024 * 1024
+    status, raw, sent = chunked_upload(main_server.url, total, path=path, content_type=content_type)
+    assert status == 413, raw[-300:]
+    assert sent < total // 4, f"the server read {sent} of {total} bytes before refusing"
+    assert client.get("/readyz").status_code == 200
+    assert scores(classify(client, REFERENCE)) == pytest.approx(baseline, abs=1e-6)
