@@ -26,6 +26,7 @@ def limits_server(rel_model, tmp_path_factory):
     make_store(root / "store", rel_model.clip)
     env = tiny_env(rel_model, root / "store", MODERATION_MAX_QUEUE="1", MODERATION_MAX_BATCH="1",
                    MODERATION_MAX_WAIT_MS="0", MODERATION_REQUEST_TIMEOUT_S=str(LIMITS_TIMEOUT_S),
+                   MODERATION_BODY_TIMEOUT_S=str(LIMITS_TIMEOUT_S),
                    MODERATION_RETRY_AFTER_S="2", MODERATION_ACCESS_LOG="false")
     with running_server(env) as srv:
         yield srv
@@ -70,8 +71,6 @@ def test_queue_overflow_answers_503_with_retry_after_never_hangs(limits_server):
         assert classify(c, REFERENCE).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="finding: request bodies are read with no deadline, so a slow "
-                   "upload holds a connection for as long as the client trickles (to fix in service/)")
 def test_slow_upload_exceeding_the_timeout_is_cut_off(limits_server):
     duration = 6 * LIMITS_TIMEOUT_S
     status, raw, elapsed, complete = slow_upload(limits_server.url, IMAGES[0], "photo", duration_s=duration)
