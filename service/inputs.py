@@ -110,9 +110,9 @@ def check_domain(value: Any) -> str:
         raise validation_error("field 'domain' is required")
     if not isinstance(value, str):
         raise validation_error("field 'domain' must be a string")
-    if not value.strip():
+    if not value:
         raise validation_error("field 'domain' must not be empty")
-    return value.strip()
+    return value
 
 
 def lookup(snapshot: Snapshot, domain: str) -> DomainEntry:

@@ -40,22 +40,44 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["classify"])
 
 
+def _inline_refs(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` substituted in place (request bodies need no components)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.rsplit("/", 1)[1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 def _body_doc(json_model, multipart_schema: dict) -> dict:
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": multipart_schema},
-        "application/json": {"schema": json_model.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/json": {"schema": _inline_refs(json_model.model_json_schema())},
     }}}
 
 
 SINGLE_BODY = _body_doc(ClassifyRequest, {
     "type": "object", "required": ["image", "domain"],
     "properties": {"image": {"type": "string", "format": "binary", "description": "the image file"},
-                   "domain": {"type": "string", "description": "domain of the image", "example": "photo"}}})
+                   "domain": {"type": "string", "minLength": 1, "description": "domain of the image",
+                              "example": "photo"}}})
 BATCH_BODY = _body_doc(BatchRequest, {
     "type": "object", "required": ["images", "domains"],
-    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                   "domains": {"type": "array", "items": {"type": "string"},
+    "properties": {"images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},
+                   "domains": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
                                "description": "one domain per image (or a single domain for all)"}}})
+# An item missing a field fails alone (its status 422), so the item schema lists no required keys.
+_item = BATCH_BODY["requestBody"]["content"]["application/json"]["schema"]["properties"]["items"]["items"]
+_item.pop("required", None)
+_item["description"] = "an item without `image` or `domain` fails alone with status 422"
 
 
 async def _classify_one(state: ServiceState, snapshot: Snapshot, data: bytes, domain: str, t0: float) -> dict:
