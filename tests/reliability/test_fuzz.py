@@ -11,8 +11,6 @@ EXAMPLES = 300  # per operation; the whole run stays well under a minute on 2 co
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="finding: /classify/batch OpenAPI body refers to an unregistered "
-                   "#/components/schemas/BatchItemRequest (to fix in service/ once the service issue is done)")
 def test_schemathesis_finds_nothing(main_server, tmp_path):
     r = run_schemathesis(main_server.url, examples=EXAMPLES, token=ADMIN_TOKEN, workdir=tmp_path)
     out = r["stdout"]

@@ -105,7 +105,8 @@ def test_no_secrets_in_tracked_files():
 
 def test_the_patterns_catch_real_looking_secrets():
     """The scanner above is only worth something if it fires on what it claims to catch."""
-    samples = ['admin_token = "s3cr3t-value-123"', "MODERATION_ADMIN_TOKEN=abcd1234efgh",
+    # assembled at run time, so this file does not trip the scan it tests
+    samples = ["admin_token" + ' = "' + "s3cr3t-value-123" + '"', "MODERATION_ADMIN_TOKEN" + "=abcd1234efgh",
                "AKIA" + "ABCDEFGHIJKLMNOP", "ghp_" + "a" * 36, "-----BEGIN RSA " + "PRIVATE KEY-----",
                'headers = {"Authorization": "Bearer ' + "Z" * 30 + '"}']
     for s in samples:
