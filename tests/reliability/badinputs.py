@@ -291,6 +291,8 @@ def build_matrix(limits: Limits = Limits()) -> list[Case]:
              data={"domains": ["photo", "sketch", "unknown-domain", "comic"]}, item_statuses=[200, 400, 404, 400]),
         # --- wrong method
         Case("get_on_classify", "raw", 405, ("method_not_allowed",), method="GET"),
+        Case("url_path_traversal", "raw", 404, ("not_found",), path="/%2e%2e/%2e%2e/etc/passwd", method="GET"),
+        Case("unknown_route", "raw", 404, ("not_found",), path="/classify/../admin/reload/x", method="POST"),
     ]
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "case names must be unique"
