@@ -102,14 +102,17 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
     limit = body_limit(s.max_image_bytes, 1)
     if content_kind(request) == MULTIPART:
         form = await read_form(request, limit, max_files=1, timeout_s=s.body_timeout_s)
-        images = form.getlist("image")
-        if not images:
-            raise validation_error("field 'image' (a file) is required")
-        if len(images) > 1:
-            raise validation_error(f"send exactly one 'image' to /classify ({len(images)} given); "
-                                   "use /classify/batch for several")
-        domain = check_domain(form.get("domain"))
-        data = await read_upload(images[0], "image", s.max_image_bytes)
+        try:
+            images = form.getlist("image")
+            if not images:
+                raise validation_error("field 'image' (a file) is required")
+            if len(images) > 1:
+                raise validation_error(f"send exactly one 'image' to /classify ({len(images)} given); "
+                                       "use /classify/batch for several")
+            domain = check_domain(form.get("domain"))
+            data = await read_upload(images[0], "image", s.max_image_bytes)
+        finally:
+            await form.close()  # spooled upload files
     else:
         raw = parse_json(await read_body(request, limit, s.body_timeout_s))
         try:
@@ -135,6 +138,27 @@ def _item_error(index: int, err: ApiError) -> dict[str, Any]:
     return {"index": index, "status": err.status, "result": None, "error": {"code": err.code, "message": err.message}}
 
 
+async def _read_batch_form(form, items: list, n_max: int, max_bytes: int) -> None:
+    """Multipart batch fields -> (bytes | ApiError, domain) per image, appended to `items`."""
+    files, domains = form.getlist("images"), form.getlist("domains")
+    if not files:
+        raise validation_error("field 'images' (one or more files) is required")
+    if len(files) > n_max:
+        raise ApiError(413, "too_many_items", f"{len(files)} images; the limit is {n_max} per batch")
+    if not domains:
+        raise validation_error("field 'domains' is required (one per image, or one for all)")
+    if len(domains) == 1:
+        domains = domains * len(files)
+    if len(domains) != len(files):
+        raise validation_error(f"{len(files)} images but {len(domains)} domains; send one domain per image "
+                               "or a single domain for all")
+    for f, d in zip(files, domains, strict=True):
+        try:
+            items.append((await read_upload(f, "images", max_bytes), d))
+        except ApiError as e:
+            items.append((e, d))
+
+
 @router.post("/classify/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY,
              summary="Classify many images, mixed domains, per-item results")
 async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
@@ -149,23 +173,10 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
     items: list[tuple[Any, Any]] = []  # (bytes | ApiError, domain | ApiError)
     if content_kind(request) == MULTIPART:
         form = await read_form(request, limit, max_files=n_max, timeout_s=s.body_timeout_s)
-        files, domains = form.getlist("images"), form.getlist("domains")
-        if not files:
-            raise validation_error("field 'images' (one or more files) is required")
-        if len(files) > n_max:
-            raise ApiError(413, "too_many_items", f"{len(files)} images; the limit is {n_max} per batch")
-        if not domains:
-            raise validation_error("field 'domains' is required (one per image, or one for all)")
-        if len(domains) == 1:
-            domains = domains * len(files)
-        if len(domains) != len(files):
-            raise validation_error(f"{len(files)} images but {len(domains)} domains; send one domain per image "
-                                   "or a single domain for all")
-        for f, d in zip(files, domains, strict=True):
-            try:
-                items.append((await read_upload(f, "images", s.max_image_bytes), d))
-            except ApiError as e:
-                items.append((e, d))
+        try:
+            await _read_batch_form(form, items, n_max, s.max_image_bytes)
+        finally:
+            await form.close()
     else:
         raw = parse_json(await read_body(request, limit, s.body_timeout_s))
         if not isinstance(raw, dict) or not isinstance(raw.get("items"), list):

@@ -210,3 +210,26 @@ def test_slow_upload_gets_408(server, http):
         assert_error(r, 408, "request_timeout")
     assert http.get("/readyz").status_code == 200
     assert 'code="request_timeout"' in http.get("/metrics").text
+
+
+def test_deeply_nested_json_is_a_400(http):
+    r = http.post("/classify", content=b"[" * 200_000, headers={"content-type": "application/json"})
+    assert_error(r, 400, "invalid_json")
+
+
+def test_chunked_multipart_over_the_limit_is_cut_off_while_reading(server, http):
+    boundary = "capboundary"
+
+    def body():  # no Content-Length: the cap must apply while reading
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n").encode()
+        for _ in range(40):
+            yield b"\xff" * 32_768
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    try:
+        r = httpx.post(server.url + "/classify", content=body(), timeout=30,
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert_error(r, 413, "payload_too_large")
+    except httpx.TransportError:
+        pass  # the server may answer and close before the client finished writing
+    assert http.get("/readyz").status_code == 200
