@@ -98,11 +98,7 @@ def test_bad_input(name, client, baseline, payload_files):
 
 
 @pytest.mark.parametrize("path", ["/classify", "/classify/batch"])
-@pytest.mark.parametrize("content_type", [
-    pytest.param("multipart", marks=pytest.mark.xfail(strict=True, reason=(
-        "finding: a multipart body without Content-Length is spooled in full (no byte cap while "
-        "reading) before the 413; to fix in service/"))),
-    "json"])
+@pytest.mark.parametrize("content_type", ["multipart", "json"])
 def test_chunked_body_over_the_limit_is_cut_off_while_reading(main_server, client, baseline, content_type, path):
     """No Content-Length to check up front: the byte limit must hold while the body streams in."""
     total = 64 * 1024 * 1024
