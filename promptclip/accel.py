@@ -320,3 +320,19 @@ class DeviceJpegPreprocessor:
         except RuntimeError:  # truncated / corrupt: the PIL path raises the 400
             return None
         return preprocess_batch([img], self.image_size, self.mean, self.std)[0]
+
+
+def device_jpeg_preprocessor(model: torch.nn.Module, device: torch.device | str,
+                             **limits) -> DeviceJpegPreprocessor | None:
+    """A DeviceJpegPreprocessor matching `model`'s eval transform, or None if it cannot.
+
+    Only open_clip's default eval transform (shortest-side bicubic resize, centre crop,
+    normalise) is implemented on tensors; any other preprocess keeps the PIL path.
+    """
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation", "bicubic") != "bicubic":
+        return None
+    size = cfg.get("size", model.visual.image_size)
+    if isinstance(size, (tuple, list)) and size[0] != size[1]:
+        return None
+    return DeviceJpegPreprocessor.for_model(model, device, **limits)

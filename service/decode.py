@@ -103,12 +103,17 @@ class ImageDecoder:
     """Decodes and preprocesses images in a dedicated thread pool."""
 
     def __init__(self, preprocess: Callable[[Image.Image], Tensor], *, max_bytes: int, max_pixels: int,
-                 min_side: int, workers: int):
+                 min_side: int, workers: int, device_jpeg: Callable[[bytes], Tensor | None] | None = None):
         self.preprocess = preprocess
         self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.device_jpeg = device_jpeg  # plain JPEGs -> model input on the GPU (promptclip.accel), else None
 
     def _decode(self, data: bytes) -> Tensor:
+        if self.device_jpeg is not None and 0 < len(data) <= self.limits["max_bytes"]:
+            pixels = self.device_jpeg(data)  # None: not a plain JPEG within limits; PIL below says why
+            if pixels is not None:
+                return pixels
         img = decode_image(data, **self.limits)
         try:
             return self.preprocess(img)  # (3, H, W) float32

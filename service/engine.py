@@ -51,7 +51,7 @@ def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch
 
 @dataclass(eq=False)
 class Job:
-    pixels: Tensor  # (3, H, W) preprocessed, CPU
+    pixels: Tensor  # (3, H, W) preprocessed, CPU (or already on the GPU when decoded there)
     entry: DomainEntry
     snapshot: Snapshot
     future: asyncio.Future  # -> (scores (C,), probabilities (C,)) as Python lists
@@ -175,6 +175,8 @@ class BatchingEngine:
         """(B, 3, H, W) on the device; through a reused pinned buffer on CUDA."""
         if self.device.type != "cuda":
             return torch.stack(pixels)
+        if any(p.device.type == "cuda" for p in pixels):  # JPEGs decoded on the GPU (ImageDecoder.device_jpeg)
+            return torch.stack([p.to(self.device, non_blocking=True) for p in pixels])
         shape = (self.max_batch, *pixels[0].shape)
         if self._staging is None or self._staging.shape != shape:
             self._staging = torch.empty(shape, dtype=pixels[0].dtype, pin_memory=True)

@@ -13,7 +13,7 @@ import torch
 from fastapi import FastAPI
 from PIL import Image
 
-from promptclip import ModelSpec, PromptedCLIP, load_clip
+from promptclip import ClipLoadError, ModelSpec, PromptedCLIP, load_clip
 
 from .decode import ImageDecoder
 from .engine import BatchingEngine
@@ -35,7 +35,11 @@ async def _startup(st: ServiceState) -> None:
                      precision=s.resolved_precision())
     log.info("loading CLIP model=%s pretrained=%s device=%s precision=%s", spec.model, spec.pretrained,
              spec.device, spec.precision)
-    st.clip = await asyncio.to_thread(load_clip, spec)
+    try:
+        st.clip = await asyncio.to_thread(load_clip, spec)
+    except ClipLoadError as e:  # say what to fix, without a stack trace of our own making
+        log.error("cannot load the model: %s", e)
+        raise RuntimeError(f"startup failed: {e}") from None
     st.prompted = PromptedCLIP(st.clip.model)
     st.registry = BundleRegistry(st.clip, st.prompted, s.store_dir)
     report = await asyncio.to_thread(st.registry.reload)
@@ -43,8 +47,14 @@ async def _startup(st: ServiceState) -> None:
     if not snapshot.domains:
         log.warning("no bundle loaded from %s (refused: %s); /readyz stays 503 until a reload loads one",
                     s.store_dir.resolve(), report.refused)
+    device_jpeg = None
+    if spec.device.startswith("cuda"):  # nvjpeg decode + preprocess on the GPU; PIL stays the fallback
+        from promptclip.accel import device_jpeg_preprocessor
+
+        device_jpeg = device_jpeg_preprocessor(st.clip.model, spec.device, max_pixels=s.max_image_pixels,
+                                               min_side=s.min_image_side)
     st.decoder = ImageDecoder(st.clip.preprocess, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
-                              min_side=s.min_image_side, workers=s.decode_workers)
+                              min_side=s.min_image_side, workers=s.decode_workers, device_jpeg=device_jpeg)
     engine = BatchingEngine(st.prompted, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                             timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
                             cuda_graphs=s.cuda_graphs)
