@@ -8,6 +8,7 @@ MODERATION_DRAIN_TIMEOUT_S), the lifespan drains the batching queue, and the pro
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from types import FrameType
 
@@ -45,7 +46,10 @@ def main() -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                             access_log=settings.access_log, timeout_graceful_shutdown=int(settings.drain_timeout_s),
                             proxy_headers=False)
-    DrainingServer(config, app.state.service).run()
+    server = DrainingServer(config, app.state.service)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # startup failed (the log says why), as `uvicorn` itself exits
 
 
 if __name__ == "__main__":
