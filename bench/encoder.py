@@ -126,7 +126,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-naive", action="store_true", help="skip the concatenate-per-layer variant")
     p.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph variants (CUDA only)")
     p.add_argument("--compile", action="store_true", help="add ImageRunner(compile=True)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: 1 on CPU: on a shared 2-core box, OpenMP barriers "
+                        "waiting for a preempted second thread made bs1 4x slower, see RESULTS.md; 0: torch's)")
     p.add_argument("--profile", action="store_true",
                    help="after timing, print torch.profiler's top ops for bare and prompted at the largest batch")
     return p.parse_args(argv)
@@ -135,9 +137,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    threads = args.threads if args.threads is not None else (0 if device.type == "cuda" else 1)
+    if threads:
+        torch.set_num_threads(threads)
     cuda = device.type == "cuda"
     precision = args.precision or ("fp16" if cuda else "fp32")
     sizes = [int(s) for s in (args.batch_sizes or ("1,8,32,128,256" if cuda else "1,4,16")).split(",")]

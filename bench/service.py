@@ -187,7 +187,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=None, help="server MODERATION_MAX_BATCH (default 16 CPU, 256 CUDA)")
     p.add_argument("--max-wait-ms", type=float, default=None, help="server MODERATION_MAX_WAIT_MS (default: "
                                                                    "its own)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in the server and here (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads in the server and here (default: 1 on CPU, see bench encoder --help; "
+                        "0: torch's)")
     p.add_argument("--decode-workers", type=int, default=None, help="server MODERATION_DECODE_WORKERS")
     p.add_argument("--server-log", default=None, help="write the server's output here (default: discarded)")
     return p.parse_args(argv)
@@ -205,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     batch_conc = args.batch_concurrency or (16 if cuda else 2)
     n_group, n_private = (int(t) for t in args.tokens.split(","))
     width, height = (int(v) for v in args.image_size.lower().split("x"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads if args.threads is not None else (0 if cuda else 1)
+    if threads:
+        torch.set_num_threads(threads)
     domains = DOMAINS[: args.domains] if args.domains <= len(DOMAINS) else [f"d{i}" for i in range(args.domains)]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
@@ -233,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                    MODERATION_LOG_LEVEL="warning", MODERATION_REQUEST_TIMEOUT_S="600")
         if args.max_wait_ms is not None:
             env["MODERATION_MAX_WAIT_MS"] = str(args.max_wait_ms)
-        if args.threads:
-            env["MODERATION_TORCH_THREADS"] = str(args.threads)
+        if threads:
+            env["MODERATION_TORCH_THREADS"] = str(threads)
         if args.decode_workers:
             env["MODERATION_DECODE_WORKERS"] = str(args.decode_workers)
         log = open(args.server_log, "w") if args.server_log else subprocess.DEVNULL  # noqa: SIM115
