@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import shutil
@@ -166,6 +167,64 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     raise TimeoutError(f"the server was not ready within {timeout_s:.0f} s")
 
 
+# ----------------------------------------------------------------------------- profile
+CATEGORIES = (  # first match wins, on the whole stack of a sample
+    ("model forward (torch)", ("_forward (service/engine.py", "encode_image", "runner")),
+    ("decode + preprocess (PIL, torchvision)", ("service/decode.py", "PIL/", "torchvision/")),
+    ("HTTP parsing / multipart / responses", ("multipart", "starlette/", "fastapi/", "h11", "httptools", "uvicorn/")),
+    ("scoring / results", ("service/scoring.py", "service/routers/")),
+    ("batching (engine loop)", ("service/engine.py",)),
+    ("asyncio event loop", ("asyncio/",)),
+)
+
+
+def stop_server(proc: subprocess.Popen, py_spy: bool = False) -> None:
+    """SIGINT to py-spy (it writes its file, then we stop the server), else SIGTERM to the session."""
+    if py_spy and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=60)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own session only
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def print_py_spy_summary(path: str) -> dict[str, float]:
+    """Share of the server's sampled CPU time per category and per thread (idle samples excluded)."""
+    cats: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    total = 0
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        print(f"py-spy: no profile ({e})")
+        return {}
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        frames = stack.split(";")
+        threads[frames[0]] = threads.get(frames[0], 0) + count
+        name = next((c for c, keys in CATEGORIES if any(k in stack for k in keys)), "other")
+        cats[name] = cats.get(name, 0) + count
+    if not total:
+        print("py-spy: no samples")
+        return {}
+    print(f"\npy-spy: {total} samples of the server's busy threads ({path})")
+    print(table([{"where": k, "share %": 100 * v / total} for k, v in sorted(cats.items(), key=lambda kv: -kv[1])],
+                ["where", "share %"]))
+    print(table([{"thread": k[:60], "share %": 100 * v / total}
+                 for k, v in sorted(threads.items(), key=lambda kv: -kv[1])[:8]], ["thread", "share %"]))
+    return {k: v / total for k, v in cats.items()}
+
+
 # ----------------------------------------------------------------------------- main
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench service", description=__doc__.split("\n\n")[0],
@@ -192,6 +251,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "0: torch's)")
     p.add_argument("--decode-workers", type=int, default=None, help="server MODERATION_DECODE_WORKERS")
     p.add_argument("--server-log", default=None, help="write the server's output here (default: discarded)")
+    p.add_argument("--py-spy", default=None, metavar="OUT",
+                   help="run the server under `py-spy record` (pip install py-spy), write its raw stacks to OUT "
+                        "and print where the server's CPU time went")
     return p.parse_args(argv)
 
 
@@ -242,8 +304,11 @@ def main(argv: list[str] | None = None) -> int:
             env["MODERATION_DECODE_WORKERS"] = str(args.decode_workers)
         log = open(args.server_log, "w") if args.server_log else subprocess.DEVNULL  # noqa: SIM115
         print(f"[setup] starting python -m service on {url} (MAX_BATCH={max_batch})", flush=True)
-        proc = subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        cmd = [sys.executable, "-m", "service"]
+        if args.py_spy:
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            cmd = [spy, "record", "--format", "raw", "-r", "100", "--threads", "-o", args.py_spy, "--", *cmd]
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_ready(url, proc, timeout_s=900)
 
         # the in-process reference: same weights, same prompts, same images, server's batch size
@@ -309,13 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             "http": http, "encoder_reps": len(enc_times["bare"]),
             "machine": machine(),
         }
+        if args.py_spy:
+            stop_server(proc, py_spy=True)
+            print_py_spy_summary(args.py_spy)
         emit(result)
         return 0
     finally:
         if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's own session only
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_server(proc)
         shutil.rmtree(tmp, ignore_errors=True)
