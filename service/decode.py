@@ -103,11 +103,16 @@ class ImageDecoder:
     """Decodes and preprocesses images in a dedicated thread pool."""
 
     def __init__(self, preprocess: Callable[[Image.Image], Tensor], *, max_bytes: int, max_pixels: int,
-                 min_side: int, workers: int, device_jpeg: Callable[[bytes], Tensor | None] | None = None):
+                 min_side: int, workers: int, device_jpeg: Callable[[bytes], Tensor | None] | None = None,
+                 max_pending: int | None = None, timeout_s: float | None = None, retry_after_s: int = 1):
         self.preprocess = preprocess
         self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         self.device_jpeg = device_jpeg  # plain JPEGs -> model input on the GPU (promptclip.accel), else None
+        # Decoding is CPU-bound: unbounded, a flood of uploads would queue here (holding their bytes,
+        # outside the request timeout) and the model queue would never get to answer 503.
+        self.max_pending, self.timeout_s, self.retry_after_s = max_pending, timeout_s, retry_after_s
+        self.pending = 0  # decodes submitted and not finished; touched only on the event loop
 
     def _decode(self, data: bytes) -> Tensor:
         if self.device_jpeg is not None and 0 < len(data) <= self.limits["max_bytes"]:
@@ -121,8 +126,19 @@ class ImageDecoder:
             raise ApiError(400, "undecodable_image", "the image could not be preprocessed") from None
 
     async def decode(self, data: bytes) -> Tensor:
-        """(3, H, W) preprocessed tensor; raises ApiError."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._decode, data)
+        """(3, H, W) preprocessed tensor; raises ApiError (also 503 when `max_pending` decodes are
+        already waiting, 504 after `timeout_s`)."""
+        if self.max_pending is not None and self.pending >= self.max_pending:
+            raise ApiError(503, "queue_full", "the server is at capacity; retry after the Retry-After delay",
+                           {"Retry-After": str(self.retry_after_s)})
+        self.pending += 1
+        try:
+            job = asyncio.get_running_loop().run_in_executor(self.pool, self._decode, data)
+            return await asyncio.wait_for(job, self.timeout_s)  # a decode not started yet is cancelled
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"the image was not decoded within {self.timeout_s:g} s") from None
+        finally:
+            self.pending -= 1
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

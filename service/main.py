@@ -54,7 +54,9 @@ async def _startup(st: ServiceState) -> None:
         device_jpeg = device_jpeg_preprocessor(st.clip.model, spec.device, max_pixels=s.max_image_pixels,
                                                min_side=s.min_image_side)
     st.decoder = ImageDecoder(st.clip.preprocess, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
-                              min_side=s.min_image_side, workers=s.decode_workers, device_jpeg=device_jpeg)
+                              min_side=s.min_image_side, workers=s.decode_workers, device_jpeg=device_jpeg,
+                              max_pending=s.max_queue + s.decode_workers, timeout_s=s.request_timeout_s,
+                              retry_after_s=s.retry_after_s)
     engine = BatchingEngine(st.prompted, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                             timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
                             cuda_graphs=s.cuda_graphs)

