@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import select
 import socket
 import threading
@@ -127,7 +128,7 @@ def slow_upload(url: str, image: bytes, domain: str, duration_s: float, pieces: 
     got, complete = b"", False
     with socket.create_connection((host, int(port)), timeout=read_timeout) as s:
         s.sendall(head)
-        for k, chunk in enumerate(chunks):
+        for chunk in chunks:
             ready, _, _ = select.select([s], [], [], pause)
             if ready:  # the server answered (or closed) before the upload finished
                 break
@@ -195,10 +196,8 @@ def chunked_upload(url: str, total_bytes: int, chunk: int = 256 * 1024, path: st
             sent += len(piece)
             time.sleep(0.002)
         else:
-            try:
+            with contextlib.suppress(OSError):
                 s.sendall(b"0\r\n\r\n")
-            except OSError:
-                pass
         s.settimeout(read_timeout)
         while True:
             try:

@@ -7,6 +7,7 @@ request still gets exactly the reference scores.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import httpx
@@ -40,14 +41,11 @@ def payload_files(tmp_path_factory):
 def send(client: httpx.Client, case: Case, files) -> httpx.Response:
     """Send `case`, uploading its payloads from the real files written for it."""
     if case.transport in ("multipart", "batch"):
-        handles = [open(p, "rb") for p in files]
-        try:
+        with contextlib.ExitStack() as stack:
+            handles = [stack.enter_context(open(p, "rb")) for p in files]
             parts = [(field, (p.name, h, "application/octet-stream"))
                      for (field, _), p, h in zip(case.files, files, handles, strict=True)]
             return client.post(case.path, files=parts, data=case.data)
-        finally:
-            for h in handles:
-                h.close()
     if case.transport in ("json", "batch_json"):
         return client.post(case.path, json=case.json)
     return client.request(case.method, case.path, content=case.content or None, headers=case.headers)

@@ -179,6 +179,8 @@ def test_sigterm_under_load_answers_every_in_flight_request(rel_model, tmp_path)
     outcomes = driver.outcomes
     failed = [o for o in outcomes if o.status != 200]
     in_flight = [o for o in outcomes if o.started < t_sig < o.ended]
+    print(f"\nsigterm: {len(outcomes)} requests, {len(in_flight)} in flight at the signal + 3 streaming uploads, "
+          f"{len(failed)} failed, exit {rc} after {exited:.1f} s")
     assert not failed, [(o.kind, o.status, o.detail) for o in failed[:5]]
     assert in_flight, "no request was in flight at SIGTERM"
     assert len(slow) == 3 and all(s[0] == 200 and s[3] for s in slow), [(s[0], s[1][:200]) for s in slow]

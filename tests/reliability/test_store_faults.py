@@ -216,6 +216,7 @@ def test_no_request_failed_during_faults(env):
         t.join(30)
     results = list(traffic.results)
     failed = [r for r in results if r[0] != 200]
+    print(f"\nstore faults: {len(results)} background requests, {len(failed)} failed")
     assert len(results) >= 20, f"too little background traffic ({len(results)})"
     assert not failed, failed[:5]
     versions = {(d, v) for _, d, v in results}
