@@ -51,7 +51,7 @@ class TrainConfig:
     steps: int = opt(150, "optimizer steps (same budget for every trained variant)")
     epochs: int = opt(3, "checkpoints per run: one after each of this many equal slices of the steps")
     batch_per_task: int = opt(8, "samples per task per step (balanced task sampling); divisible by world size")
-    lr: float = opt(0.02, "peak AdamW learning rate")
+    lr: float = opt(0.02, "peak AdamW step, relative: each layer's update is scaled by its stream RMS")
     weight_decay: float = opt(0.0, "AdamW weight decay on the prompts")
     warmup: int = opt(10, "linear warm-up steps before the cosine decay")
     init_scale: float = opt(1.0, "prompt init: N(0,1) x this x the frozen stream's RMS at each layer")
@@ -65,6 +65,7 @@ class GroupConfig:
     snapshots: list = opt([20, 40, 60], "steps at which per-task gradients are taken (step 0 is left out)", nargs="+",
                           type=int)
     tower: str = opt("text", "gradients compared: text | vision | both (text carries the signal; see docs)")
+    center: bool = opt(True, "subtract the mean task gradient before the cosines (the pull all tasks share)")
     method: str = opt("agglomerative", "agglomerative (threshold-free, cut by silhouette) | bands")
     bands: list = opt([0.8, 0.6], "band lower bounds for --method bands, highest first", nargs="+", type=float)
 

@@ -2,8 +2,10 @@
 
 1. Train one global prompt set shared by all tasks.
 2. At several snapshots (never step 0: there every task pulls the same common direction),
-   take each task's gradient of its own loss w.r.t. the global prompts; average the pairwise
-   cosines over the snapshots.
+   take each task's gradient of its own loss w.r.t. the global prompts; by default subtract
+   the mean gradient over tasks (what every task wants from a shared prompt, e.g. "fit the
+   label set at all"), so the cosine compares what each task wants beyond that; average the
+   pairwise cosines over the snapshots.
 3. Group: threshold-free agglomerative clustering (average linkage on 1 - cos, the cut with
    the best silhouette) by default, or the source method's threshold bands.
 """
@@ -42,8 +44,12 @@ def task_gradients(model: MultiTaskCLIP, shots, tower: str) -> torch.Tensor:
     return torch.stack(out)
 
 
-def cosine_matrix(g: torch.Tensor) -> np.ndarray:
-    g = F.normalize(g.double(), dim=1)
+def cosine_matrix(g: torch.Tensor, center: bool = False) -> np.ndarray:
+    """(T, T) cosines of task gradients; `center` first removes the mean over tasks (the shared pull)."""
+    g = g.double()
+    if center:
+        g = g - g.mean(0, keepdim=True)
+    g = F.normalize(g, dim=1)
     return (g @ g.T).numpy()
 
 
@@ -182,11 +188,15 @@ def group_tasks(clip, encoder, data: TaskData, cache: ImageCache, sizes: PromptS
     layout, pcfg = variant_layout("all_shared", data.tasks, [data.tasks], sizes)
     model = build_model(encoder, clip.tokenizer, data, layout, pcfg, shots, tcfg.init_scale, tcfg.seed)
     per_tower: dict[str, list[np.ndarray]] = {"text": [], "vision": [], "both": []}
+    raw: list[np.ndarray] = []
 
     def snapshot(step: int, m: MultiTaskCLIP) -> None:
         if step in snaps:
             for tower in per_tower:
-                per_tower[tower].append(cosine_matrix(task_gradients(m, shots, tower)))
+                g = task_gradients(m, shots, tower)
+                per_tower[tower].append(cosine_matrix(g, gcfg.center))
+                if tower == gcfg.tower:
+                    raw.append(cosine_matrix(g))
             log.info("gradient snapshot at step %d", step)
 
     cfg = TrainConfig(**{**tcfg.__dict__, "steps": gcfg.steps})
@@ -201,7 +211,8 @@ def group_tasks(clip, encoder, data: TaskData, cache: ImageCache, sizes: PromptS
     else:
         raise ValueError(f"method must be agglomerative or bands, got {gcfg.method!r}")
     r = lambda m: [[round(float(v), 4) for v in row] for row in m]  # noqa: E731
-    similarity = {"tasks": tasks, "matrix": r(sim), "tower": gcfg.tower, "snapshots": snaps,
+    similarity = {"tasks": tasks, "matrix": r(sim), "tower": gcfg.tower, "snapshots": snaps, "centered": gcfg.center,
+                  "uncentered": r(np.mean(raw, axis=0)),
                   "per_tower": {t: r(m) for t, m in mats.items()},
                   "per_snapshot": [r(m) for m in per_tower[gcfg.tower]]}
     result = {"groups": groups, "tasks": tasks, "method": gcfg.method, "cut": cut}

@@ -6,9 +6,10 @@ downsampled, so the same seed gives byte-identical PNGs on any machine.
 Styles form planted groups of related renderings:
 
 * ``photo``, ``painting``: filled, shaded objects on textured, cluttered backgrounds;
-* ``sketch``, ``pencil``, ``blueprint``: thin jittered outlines, no fill (dark on paper,
-  grey hatched on grainy paper, white on a blue grid);
-* ``comic``, ``poster``: flat saturated fill, thick black outline, halftone / flat backgrounds.
+* ``sketch``, ``pencil``, ``blueprint``: thin dark jittered outlines, no fill, on light paper
+  (white paper, grey hatching on grainy paper, blue graph paper);
+* ``comic``, ``poster``: flat saturated fill, thick light outline, dark halftone / plain
+  backgrounds, icons squashed flat (cartoon squash-and-stretch).
 
 The tiny CLIP is pretrained on photos only (like real CLIP, which mostly saw photos), so its
 zero-shot accuracy falls from photo to comic to the outline styles; each group needs a
@@ -92,15 +93,20 @@ def shape_parts(label: str) -> list[tuple[str, list]]:
     raise ValueError(f"unknown label {label!r}; known: {sorted(LABELS)}")
 
 
-def _place(parts, rng: np.random.Generator):
-    """Random pose: rotation, scale, translation; returns parts in canvas pixels."""
+def _place(parts, rng: np.random.Generator, squash: float = 1.0):
+    """Random pose: rotation, scale, translation; returns parts in canvas pixels.
+
+    `squash` < 1 flattens the icon (x stretched by 1/sqrt, y squashed by sqrt): the cartoon
+    "squash and stretch" of the flat styles.
+    """
     ang = rng.uniform(-0.6, 0.6)
     scale = rng.uniform(0.55, 0.85) * S
     dx, dy = rng.uniform(-0.12, 0.12, size=2) * S
     c, s = math.cos(ang), math.sin(ang)
+    sx, sy = 1 / math.sqrt(squash), math.sqrt(squash)
 
     def tf(p):
-        x, y = p[0] - 0.5, p[1] - 0.5
+        x, y = (p[0] - 0.5) * sx, (p[1] - 0.5) * sy
         return (S / 2 + dx + scale * (c * x - s * y), S / 2 + dy + scale * (s * x + c * y))
 
     return [(kind, [tf(p) for p in pts]) for kind, pts in parts]
@@ -215,24 +221,31 @@ def draw_pencil(parts, rng):
 
 
 def draw_blueprint(parts, rng):
-    base = np.array([30, 60, 140]) + rng.normal(0, 12, 3)
+    """Engineering graph paper: pale blue, a finer blue grid, thin dark-blue lines."""
+    base = np.array([205, 222, 245]) + rng.normal(0, 8, 3)
     img = Image.new("RGB", (S, S), tuple(int(v) for v in np.clip(base, 0, 255)))
     d = ImageDraw.Draw(img)
     step = int(rng.integers(10, 16))
-    grid = tuple(int(v) for v in np.clip(base + 45, 0, 255))
+    grid = tuple(int(v) for v in np.clip(base - np.array([70, 50, 20]), 0, 255))
     for k in range(0, S, step):
         d.line([(k, 0), (k, S)], fill=grid, width=1)
         d.line([(0, k), (S, k)], fill=grid, width=1)
-    _outline(d, parts, rng, (235, 240, 250), 2, 0.8, 1)
-    _clutter(d, rng, [np.array([200, 210, 230])], int(rng.integers(1, 3)), 1)
+    ink = (20, 40, 110)
+    _outline(d, parts, rng, ink, 2, 0.8, 1)
+    _clutter(d, rng, [np.array(ink)], int(rng.integers(1, 3)), 1)
     return img
 
 
+def _dark(rng):
+    """A dark saturated background colour (night scenes of comics and posters)."""
+    return np.array(COLORS[list(COLORS)[rng.integers(len(COLORS))]], dtype=float) * rng.uniform(0.2, 0.35)
+
+
 def _halftone(rng):
-    bg = np.array(COLORS[list(COLORS)[rng.integers(len(COLORS))]], dtype=float) * 0.5 + 127
+    bg = _dark(rng)
     img = Image.new("RGB", (S, S), tuple(int(v) for v in bg))
     d = ImageDraw.Draw(img)
-    dot = tuple(int(v) for v in bg * 0.7)
+    dot = tuple(int(v) for v in np.clip(bg * 2.2 + 20, 0, 255))
     step = int(rng.integers(7, 11))
     for y in range(0, S + step, step):
         for x in range((y // step % 2) * step // 2, S + step, step):
@@ -241,25 +254,23 @@ def _halftone(rng):
 
 
 def draw_flat(parts, rng, poster=False):
-    if poster:
-        img = Image.new("RGB", (S, S), tuple(int(v) for v in rng.uniform(150, 255, 3)))
-    else:
-        img = _halftone(rng)
+    """Flat saturated fill with a thick light outline on a dark background (halftone or plain)."""
+    img = Image.new("RGB", (S, S), tuple(int(v) for v in _dark(rng))) if poster else _halftone(rng)
     d = ImageDraw.Draw(img)
     _, col = _color(rng)
     fill = tuple(int(v) for v in col)
     if poster:  # offset flat shadow
-        sh = [(k, [(x + 6, y + 6) for x, y in pts]) for k, pts in parts]
-        for kind, pts in sh:
+        for kind, pts in parts:
             if kind == "poly":
-                d.polygon(pts, fill=(40, 40, 40))
+                d.polygon([(x + 6, y + 6) for x, y in pts], fill=(5, 5, 5))
     for kind, pts in parts:
         if kind == "poly":
             d.polygon(pts, fill=fill)
-    _outline(d, parts, rng, (0, 0, 0), 5 if not poster else 4, 0.0, 1)
+    _outline(d, parts, rng, (250, 245, 225), 5 if not poster else 4, 0.0, 1)
     return img
 
 
+SQUASH = {"comic": 0.45, "poster": 0.45}  # cartoon squash-and-stretch of the flat group
 STYLES: dict[str, Callable] = {
     "photo": draw_photo,
     "painting": lambda p, r: draw_photo(p, r, painterly=True),
@@ -273,7 +284,7 @@ STYLES: dict[str, Callable] = {
 
 def render(domain: str, label: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
     """One image of `label` in `domain`'s style."""
-    parts = _place(shape_parts(label), rng)
+    parts = _place(shape_parts(label), rng, SQUASH.get(domain, 1.0))
     img = STYLES[domain](parts, rng)
     return img.resize((size, size), Image.LANCZOS)
 

@@ -79,6 +79,7 @@ def build_model(encoder: PromptedCLIP, tokenizer, data: TaskData, groups: list[l
     tokens = label_tokens(tokenizer, texts, pcfg.tokens).to(device)
     rms_v, rms_t = measure_stream_rms(encoder, shots.images[:64].to(device), tokens)
     prompts.reset_parameters(rms_v * init_scale, rms_t * init_scale, generator=torch.Generator().manual_seed(seed))
+    prompts.stream_rms = {"vision": rms_v.cpu(), "text": rms_t.cpu()}  # per-layer step sizes (see LayerScaledStep)
     return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device)
 
 
@@ -97,6 +98,30 @@ def _augment(x: Tensor, gen: torch.Generator, shift: int = 3) -> Tensor:
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     pad = F.pad(x, (shift,) * 4, mode="reflect")
     return torch.stack([pad[i, :, off[i, 0]:off[i, 0] + H, off[i, 1]:off[i, 1] + W] for i in range(B)])
+
+
+class LayerScaledStep:
+    """Scale each layer's optimizer update by the frozen stream's RMS at that layer.
+
+    Adam moves every element by about `lr` per step whatever its scale, but the text stream's
+    RMS is ~0.03 at layer 0 and ~2-3 deeper: one absolute lr is chaos at layer 0 and a crawl
+    deeper. Multiplying each layer's update by its RMS makes `lr` a relative step size.
+    """
+
+    def __init__(self, prompts: TaskPrompts):
+        rms = getattr(prompts, "stream_rms", None)
+        self.scales = []
+        for name, prm in prompts.named_parameters():
+            tower = "vision" if name.startswith("vision") else "text"
+            scale = rms[tower][: prm.shape[0]].to(prm.device) if rms is not None else torch.ones(prm.shape[0])
+            self.scales.append((prm, scale.view(-1, 1, 1)))
+
+    def step(self, opt: torch.optim.Optimizer) -> None:
+        before = [p.detach().clone() for p, _ in self.scales]
+        opt.step()
+        with torch.no_grad():
+            for (p, scale), old in zip(self.scales, before, strict=True):
+                p.copy_(old + (p - old) * scale)
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -123,6 +148,7 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, out_
                                                         else None)
     opt = torch.optim.AdamW(prompts.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup))
+    stepper = LayerScaledStep(prompts)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     start = 0
     ckpt = out_dir / "last.pt" if out_dir is not None else None
@@ -152,7 +178,7 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, out_
         loss = F.cross_entropy(logits, shots.labels[full][mine].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        stepper.step(opt)
         sched.step()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
