@@ -68,7 +68,7 @@ class BatchingEngine:
 
     def __init__(self, prompted: PromptedCLIP, *, max_batch: int, max_wait_ms: float, max_queue: int,
                  timeout_s: float, retry_after_s: int = 1, metrics=None, encode: EncodeFn | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, arriving: Callable[[], int] | None = None):
         self.prompted = prompted
         self.encode = encode or build_encode_fn(prompted, cuda_graphs, max_batch)
         self.device = next(prompted.clip.parameters()).device
@@ -76,6 +76,7 @@ class BatchingEngine:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.max_queue, self.timeout_s, self.retry_after_s = max_queue, timeout_s, retry_after_s
         self.metrics = metrics
+        self.arriving = arriving or (lambda: 1)  # images admitted but not yet queued (None: always wait)
         self.queue: asyncio.Queue[Job] | None = None
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
@@ -131,7 +132,9 @@ class BatchingEngine:
             while len(batch) < self.max_batch and not q.empty():
                 batch.append(q.get_nowait())
             remaining = deadline - time.monotonic()
-            if len(batch) >= self.max_batch or remaining <= 0:
+            # Wait only for images already on their way (being decoded): a lone request runs at
+            # once, and under load batches still fill while the previous forward runs.
+            if len(batch) >= self.max_batch or remaining <= 0 or self.arriving() <= 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(q.get(), remaining))

@@ -59,7 +59,7 @@ async def _startup(st: ServiceState) -> None:
                               retry_after_s=s.retry_after_s)
     engine = BatchingEngine(st.prompted, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                             timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
-                            cuda_graphs=s.cuda_graphs)
+                            cuda_graphs=s.cuda_graphs, arriving=lambda: st.decoder.pending)
     engine.start()
     if s.warmup:
         buf = io.BytesIO()

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="bearer token for /admin/*; unset disables admin")
     # --- batching
     max_batch: int = Field(32, ge=1, le=4096, description="largest micro-batch sent to the model")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long the first request of a batch waits for company")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for images still being decoded")
     max_queue: int = Field(512, ge=1, description="queued images beyond this get 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="per request, queueing included; then 504")
     cuda_graphs: bool = Field(True, description="on CUDA, replay CUDA graphs per batch bucket (promptclip.accel)")

@@ -195,3 +195,22 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     d = Settings(_env_file=None)
     assert (d.model, d.pretrained, str(d.store_dir), d.port) == ("tiny-clip", "embedded", "prompts_store", 8000)
 
+
+
+def test_a_lone_request_does_not_wait_for_company(tiny_model, tiny_store):
+    """MAX_WAIT_MS only applies while other images are being decoded; a lone request runs at once."""
+    with TestClient(create_app(settings_for(tiny_model, tiny_store, max_wait_ms=2000))) as c:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            r = c.post("/classify", json={"image": b64(), "domain": "photo"})
+            assert r.status_code == 200 and time.perf_counter() - t0 < 1.5
+        # concurrent images still share a forward pass
+        items = [{"image": b64(seed=i), "domain": "photo"} for i in range(6)]
+        engine = c.app.state.service.engine
+        sizes, inner = [], engine.encode
+        engine.encode = lambda x, p: (sizes.append(x.shape[0]), inner(x, p))[1]
+        try:
+            assert c.post("/classify/batch", json={"items": items}).status_code == 200
+        finally:
+            engine.encode = inner
+        assert sizes == [6]
