@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class Traffic:
         self.stop = threading.Event()
         self.results: list[tuple[int, str, str]] = []  # status, domain, version or error text
         self.lock = threading.Lock()
+        self.t0 = time.monotonic()
         self.threads = [threading.Thread(target=self._run, args=(client_factory, i), daemon=True)
                         for i in range(threads)]
 
@@ -45,6 +47,18 @@ class Traffic:
                 with self.lock:
                     self.results.append(rec)
                 self.stop.wait(0.01)
+
+    def settle(self, n: int = 12, timeout: float = 30.0) -> None:
+        """Let `n` more requests run against the current state of the store."""
+        with self.lock:
+            goal = len(self.results) + n
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.results) >= goal:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError("background traffic stalled")
 
     def __enter__(self):
         for t in self.threads:
@@ -107,6 +121,7 @@ def expect_refused(env, domain: str, version: str, kind: str, words: tuple[str, 
         r = classify(client, REFERENCE, domain)
         assert r.status_code == 200 and r.json()["bundle"]["version"] == before[domain], r.text
     assert f"refused bundle {domain}@{version}" in env["srv"].log()
+    env["traffic"].settle()  # requests keep flowing while the fault sits in the store
     return hit
 
 
@@ -191,6 +206,7 @@ def test_store_directory_disappears(env):
         for d in DOMAINS:
             assert classify(env["client"], REFERENCE, d).status_code == 200
         assert env["client"].get("/readyz").status_code == 200
+        env["traffic"].settle()
     finally:
         gone.rename(root)
     assert reload(env["client"])["ok"] is True
@@ -206,6 +222,7 @@ def test_concurrent_reloads_swap_once(env):
     assert served(env["client"])["photo"] == "v0010"
     r = classify(env["client"], REFERENCE, "photo")
     assert r.status_code == 200 and r.json()["bundle"]["version"] == "v0010"
+    env["traffic"].settle(24)
     restore(env, "photo")  # back to v0001: a rollback is a reload too
 
 
@@ -216,7 +233,8 @@ def test_no_request_failed_during_faults(env):
         t.join(30)
     results = list(traffic.results)
     failed = [r for r in results if r[0] != 200]
-    print(f"\nstore faults: {len(results)} background requests, {len(failed)} failed")
+    print(f"\nstore faults: {len(results)} background requests, {len(failed)} failed, "
+          f"{time.monotonic() - traffic.t0:.1f} s")
     assert len(results) >= 20, f"too little background traffic ({len(results)})"
     assert not failed, failed[:5]
     versions = {(d, v) for _, d, v in results}
