@@ -168,10 +168,14 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 # ----------------------------------------------------------------------------- profile
-CATEGORIES = (  # first match wins, on the whole stack of a sample
-    ("model forward (torch)", ("_forward (service/engine.py", "encode_image", "runner")),
+CATEGORIES = (  # first match wins, on the whole stack of a sample (thread name included)
+    ("startup (imports, load model, bundles, warm-up)",
+     ("_startup (service/main.py", "load_clip", "BundleRegistry.reload", "_find_and_load")),
+    ("model forward (torch)", ("_forward (service/engine.py", "encode_image", "ImageRunner")),
     ("decode + preprocess (PIL, torchvision)", ("service/decode.py", "PIL/", "torchvision/")),
     ("HTTP parsing / multipart / responses", ("multipart", "starlette/", "fastapi/", "h11", "httptools", "uvicorn/")),
+    ("AnyIO worker threads (Starlette's UploadFile I/O hand-offs)", ("AnyIO worker thread",)),
+    ("pool threads between jobs (queue get, wake-up)", ("_worker (concurrent/futures/thread.py",)),
     ("scoring / results", ("service/scoring.py", "service/routers/")),
     ("batching (engine loop)", ("service/engine.py",)),
     ("asyncio event loop", ("asyncio/",)),
@@ -376,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.py_spy:
             stop_server(proc, py_spy=True)
-            print_py_spy_summary(args.py_spy)
+            shares = print_py_spy_summary(args.py_spy)
+            result["server_cpu_shares"] = {k: round(v, 4) for k, v in shares.items()}
         emit(result)
         return 0
     finally:
