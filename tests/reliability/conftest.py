@@ -30,7 +30,9 @@ def main_server(rel_model, limits, tmp_path_factory) -> Iterator[Server]:
     """The server the matrix, the security checks and the fuzzer share (they do not change its store)."""
     root = tmp_path_factory.mktemp("rel-main")
     make_store(root / "store", rel_model.clip)
-    env = tiny_env(rel_model, root / "store", MODERATION_ADMIN_TOKEN=ADMIN_TOKEN, **limits.env())
+    # debug logging: the log-leak probe must hold at the chattiest level an operator would pick
+    env = tiny_env(rel_model, root / "store", MODERATION_ADMIN_TOKEN=ADMIN_TOKEN, MODERATION_LOG_LEVEL="debug",
+                   **limits.env())
     with running_server(env) as srv:
         yield srv
 

@@ -188,6 +188,7 @@ def test_request_logs_hold_no_image_bytes(main_server):
         assert c.get("/metrics").status_code == 200
     log = main_server.log()
     assert "POST /classify" in log, "the access log is on: the probe must have been able to leak"
+    assert " DEBUG " in log, "debug logging is on"
     for needle in (MARKER.decode(), b64[100:140], base64.b64encode(MARKER).decode()[:16], png[60:90].hex()):
         assert needle not in log, f"image bytes in the server log: {needle!r}"
 
