@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         bank = torch.stack([PromptStore(tmp / "store").load_current(d, clip.info).vision_prompts() for d in domains])
         bank = bank.to(device, enc.dtype)
         reps = [pixels[i % len(pixels)] for i in range(max_batch)]
-        images = torch.stack(reps).to(device)
+        images = torch.stack(reps).to(device, enc.dtype)  # open_clip casts nothing: match fp16 weights
         idx = (torch.arange(max_batch) % len(domains)).to(device)
         fns = {"bare": lambda: clip.model.encode_image(images, normalize=True),
                "prompted": lambda: runner(images, bank[idx])}
