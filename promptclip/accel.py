@@ -115,7 +115,7 @@ class ImageRunner:
         if not self.cuda_graphs:
             return
         depth, n = prompt_shape or (0, 0)
-        with torch.inference_mode(), self._lock:
+        with torch.inference_mode(), self._lock, torch.cuda.device(self.device):
             for b in sorted(buckets or self.buckets, reverse=True):
                 self._graph(b, depth, n, image_size)
 
@@ -128,7 +128,7 @@ class ImageRunner:
     def _replay(self, images: Tensor, prompts: Tensor | None) -> Tensor:
         B = images.shape[0]
         depth, n = (0, 0) if prompts is None else (prompts.shape[1], prompts.shape[2])
-        with self._lock:
+        with self._lock, torch.cuda.device(self.device):  # capture and replay on the encoder's GPU
             g = self._graph(self.bucket_for(B), depth, n, images.shape[-1], images.shape[-2])
             # Rows are independent through a ViT, so the pad rows keep whatever the last batch
             # left there: no need to zero them.
