@@ -54,7 +54,7 @@ class TrainConfig:
     lr: float = opt(0.02, "peak AdamW step, relative: each layer's update is scaled by its stream RMS")
     weight_decay: float = opt(0.0, "AdamW weight decay on the prompts")
     warmup: int = opt(10, "linear warm-up steps before the cosine decay")
-    init_scale: float = opt(1.0, "prompt init: N(0,1) x this x the frozen stream's RMS at each layer")
+    init_scale: float = opt(0.1, "prompt init: N(0,1) x this x the frozen stream's RMS at each layer")
     augment: bool = opt(True, "random flip + shift of training images (few shots)")
     seed: int = opt(0, "training seed: shot sample, prompt init, batch order")
 
