@@ -60,9 +60,16 @@ LABELS = ["safe", "weapon", "drugs", "gore", "nudity"]
 # ----------------------------------------------------------------------------- fixtures
 def save_random_clip(model_name: str, path: Path, seed: int = 0) -> Path:
     """A random-init open_clip model as a local checkpoint the server can load by path."""
+    import json
+
     import open_clip
     from safetensors.torch import save_file
 
+    from promptclip import register_config
+
+    if model_name.endswith(".json"):  # a custom architecture, as load_clip and the server accept it
+        register_config(Path(model_name).stem, json.loads(Path(model_name).read_text()))
+        model_name = Path(model_name).stem
     torch.manual_seed(seed)
     model = open_clip.create_model(model_name, pretrained=None)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -233,7 +240,8 @@ def print_py_spy_summary(path: str) -> dict[str, float]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench service", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (random init, real FLOPs)")
+    p.add_argument("--model", default="ViT-B-32",
+                   help="open_clip architecture or a path to an open_clip JSON config (random init, real FLOPs)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (server and in-process encoder)")
     p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 (default: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--domains", type=int, default=4, help="domains published and mixed in the traffic")
