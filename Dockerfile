@@ -28,8 +28,10 @@ RUN pip install --no-cache-dir --no-deps /wheels/*.whl \
  && rm -rf /wheels \
  && useradd --create-home --uid 10001 --shell /usr/sbin/nologin moderation
 WORKDIR /app
-# demo bundles baked in; docker-compose mounts ./prompts_store over them read-only
-COPY --chown=root:root prompts_store/ /app/prompts_store/
+# demo bundles baked in (readable by the service user: published files may be 0600);
+# docker-compose mounts ./prompts_store over them read-only
+COPY prompts_store/ /app/prompts_store/
+RUN chmod -R a+rX /app/prompts_store
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
