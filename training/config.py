@@ -41,8 +41,8 @@ class SplitConfig:
 
 @dataclass
 class PromptSizes:
-    group_tokens: int = opt(4, "group-shared prompt tokens per layer per tower")
-    private_tokens: int = opt(4, "task-private prompt tokens per layer per tower")
+    group_tokens: int = opt(2, "group-shared prompt tokens per layer per tower")
+    private_tokens: int = opt(2, "task-private prompt tokens per layer per tower")
     depth: int = opt(0, "layers receiving fresh prompts (0: every layer)")
 
 
