@@ -62,7 +62,9 @@ class TrainConfig:
 @dataclass
 class GroupConfig:
     steps: int = opt(60, "steps of global-prompt training while gradients are snapshot")
-    snapshots: list = opt([20, 40, 60], "steps at which per-task gradients are taken (step 0 is left out)", nargs="+",
+    probe_tokens: int = opt(8, "global prompt tokens per layer per tower of the grouping probe")
+    probe_init_scale: float = opt(1.0, "probe prompt init: N(0,1) x this x the stream RMS")
+    snapshots: list = opt([10, 20, 30, 40, 50, 60], "steps at which per-task gradients are taken (step 0 is left out)", nargs="+",
                           type=int)
     tower: str = opt("text", "gradients compared: text | vision | both (text carries the signal; see docs)")
     center: bool = opt(True, "subtract the mean task gradient before the cosines (the pull all tasks share)")

@@ -185,8 +185,10 @@ def group_tasks(clip, encoder, data: TaskData, cache: ImageCache, sizes: PromptS
         raise ValueError(f"tower must be text, vision or both, got {gcfg.tower!r}")
     torch.manual_seed(tcfg.seed)
     shots = load_shots(cache, data, split, tcfg.seed)
-    layout, pcfg = variant_layout("all_shared", data.tasks, [data.tasks], sizes)
-    model = build_model(encoder, clip.tokenizer, data, layout, pcfg, shots, tcfg.init_scale, tcfg.seed)
+    # the probe has its own size and init: the signal needs capacity, not the bundles' small budget
+    probe = PromptSizes(group_tokens=gcfg.probe_tokens, private_tokens=0, depth=sizes.depth)
+    layout, pcfg = variant_layout("all_shared", data.tasks, [data.tasks], probe)
+    model = build_model(encoder, clip.tokenizer, data, layout, pcfg, shots, gcfg.probe_init_scale, tcfg.seed)
     per_tower: dict[str, list[np.ndarray]] = {"text": [], "vision": [], "both": []}
     raw: list[np.ndarray] = []
 

@@ -198,8 +198,8 @@ def draw_sketch(parts, rng):
     img = _noise_bg(rng, (245, 243, 238), 6, 1)
     d = ImageDraw.Draw(img)
     ink = tuple(int(v) for v in rng.uniform(10, 60, 3))
-    _outline(d, parts, rng, ink, 4, 1.2, 1)
-    _clutter(d, rng, [np.array(ink)], int(rng.integers(1, 4)), 2)
+    _outline(d, parts, rng, ink, 2, 1.2, 1)
+    _clutter(d, rng, [np.array(ink)], int(rng.integers(1, 4)), 1)
     return img
 
 
@@ -215,7 +215,7 @@ def draw_pencil(parts, rng):
     hatch = Image.fromarray(np.minimum(np.array(hatch), np.array(_mask(parts))))
     img.paste(Image.new("RGB", (S, S), (grey + 40,) * 3), (0, 0), hatch)
     d = ImageDraw.Draw(img)
-    _outline(d, parts, rng, (grey,) * 3, 3, 1.8, 2)
+    _outline(d, parts, rng, (grey,) * 3, 2, 1.8, 2)
     _clutter(d, rng, [np.array([grey] * 3)], int(rng.integers(1, 4)), 1)
     return img
 
@@ -231,8 +231,8 @@ def draw_blueprint(parts, rng):
         d.line([(k, 0), (k, S)], fill=grid, width=1)
         d.line([(0, k), (S, k)], fill=grid, width=1)
     ink = (20, 40, 110)
-    _outline(d, parts, rng, ink, 4, 0.8, 1)
-    _clutter(d, rng, [np.array(ink)], int(rng.integers(1, 3)), 2)
+    _outline(d, parts, rng, ink, 2, 0.8, 1)
+    _clutter(d, rng, [np.array(ink)], int(rng.integers(1, 3)), 1)
     return img
 
 

@@ -1,0 +1,57 @@
+"""Check a `fit` run against issue 3's "done when" criteria.
+
+Usage: python scripts/check_acceptance.py DATA RUN
+Prints one line per criterion (PASS/FAIL with the numbers) and exits 1 if any fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(data: Path, run: Path) -> int:
+    planted = json.loads((data / "planted_groups.json").read_text())["groups"]
+    sim = json.loads((run / "similarity.json").read_text())
+    groups = json.loads((run / "groups.json").read_text())["groups"]
+    rep = json.loads((run / "report.json").read_text())["variants"]
+    tasks, m = sim["tasks"], sim["matrix"]
+    s = {(a, b): m[i][j] for i, a in enumerate(tasks) for j, b in enumerate(tasks)}
+    group_of = {t: gi for gi, g in enumerate(planted) for t in g}
+    worst = []
+    for a in tasks:
+        for b in tasks:
+            if a < b and group_of[a] == group_of[b]:
+                cross = max(s[x, y] for x in tasks for y in tasks
+                            if x != y and (x in (a, b)) and group_of[x] != group_of[y])
+                worst.append((s[a, b] - cross, a, b, s[a, b], cross))
+    margin = min(worst)
+    checks = [
+        ("planted pairs above every cross pair involving them", margin[0] > 0,
+         f"tightest: {margin[1]}-{margin[2]} {margin[3]:.3f} vs cross {margin[4]:.3f}"),
+        ("groups.json equals planted partition", {frozenset(g) for g in groups} == {frozenset(g) for g in planted},
+         f"{groups}"),
+    ]
+    gp, zs = rep["group_private"], rep["zero_shot"]
+    mean = {k: 100 * v["mean"] for k, v in rep.items()}
+    checks += [
+        ("group_private >= zero_shot + 5 (mean)", mean["group_private"] >= mean["zero_shot"] + 5,
+         f"{mean['group_private']:.1f} vs {mean['zero_shot']:.1f}"),
+        ("group_private >= zero_shot + 12 (sketch)",
+         100 * gp["per_domain"]["sketch"] >= 100 * zs["per_domain"]["sketch"] + 12,
+         f"{100 * gp['per_domain']['sketch']:.1f} vs {100 * zs['per_domain']['sketch']:.1f}"),
+        ("all_shared <= group_private - 2", mean["all_shared"] <= mean["group_private"] - 2,
+         f"{mean['all_shared']:.1f} vs {mean['group_private']:.1f}"),
+        ("private_only <= group_private + 0.5", mean["private_only"] <= mean["group_private"] + 0.5,
+         f"{mean['private_only']:.1f} vs {mean['group_private']:.1f}"),
+        ("group_private has the best mean", max(mean, key=mean.get) == "group_private",
+         ", ".join(f"{k} {v:.1f}" for k, v in mean.items())),
+    ]
+    for name, ok, detail in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
