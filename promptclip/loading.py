@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -112,6 +113,17 @@ def register_config(name: str, config: dict[str, Any]) -> None:
     open_clip.factory._MODEL_CONFIGS[name] = config
 
 
+@contextlib.contextmanager
+def _root_log_filter(keep):
+    """open_clip logs through the root logger; drop its records that `keep` rejects."""
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def _register_embedded() -> bool:
     if EMBEDDED_ARCH in open_clip.factory._MODEL_CONFIGS:
         return True
@@ -186,6 +198,8 @@ def load_clip(spec: ModelSpec) -> LoadedCLIP:
             raise ClipLoadError(f"model config file {model_name!r} does not exist")
         model_name = cfg_path.stem
         register_config(model_name, json.loads(cfg_path.read_text()))
+    if model_name == EMBEDDED_ARCH:  # its architecture lives in the embedded file's header
+        _register_embedded()
     if pretrained == EMBEDDED and not _register_embedded():
         raise ClipLoadError(
             f"embedded model weights not found at {EMBEDDED_WEIGHTS}; rebuild them with "
@@ -201,7 +215,10 @@ def load_clip(spec: ModelSpec) -> LoadedCLIP:
 
     create = dict(precision=spec.precision, device=spec.device, cache_dir=spec.cache_dir)
     try:
-        if pretrained is None or pretrained == EMBEDDED:
+        if pretrained == EMBEDDED:  # loaded right below; open_clip's "initialized randomly" would mislead
+            with _root_log_filter(lambda r: "initialized randomly" not in r.getMessage()):
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, **create)
+        elif pretrained is None:
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, **create)
         elif _is_local_path(pretrained):
             if not Path(pretrained).is_file():

@@ -38,10 +38,20 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
 
 
+def _short_startup_failure(record: logging.LogRecord) -> bool:
+    """Starlette hands uvicorn the whole traceback of a failed lifespan startup; our startup errors
+    (model not loadable, ...) were already logged with what to fix, so keep only the last line."""
+    msg = record.msg
+    if isinstance(msg, str) and msg.startswith("Traceback") and "startup failed:" in msg:
+        record.msg, record.args = msg.strip().splitlines()[-1], ()
+    return True
+
+
 def main() -> None:
     settings = get_settings()
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("uvicorn.error").addFilter(_short_startup_failure)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                             access_log=settings.access_log, timeout_graceful_shutdown=int(settings.drain_timeout_s),

@@ -31,6 +31,10 @@ from .registry import DomainEntry, ShapeKey, Snapshot
 
 log = logging.getLogger(__name__)
 
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "shutting_down", "the server is shutting down; retry on another replica", {"Retry-After": "1"})
+
 EncodeFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -97,7 +101,7 @@ class BatchingEngine:
             while not self.queue.empty():
                 job = self.queue.get_nowait()
                 if not job.future.done():
-                    job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+                    job.future.set_exception(_shutting_down())
         self.model_thread.shutdown(wait=True)
 
     async def drain(self, timeout_s: float) -> bool:
@@ -158,7 +162,7 @@ class BatchingEngine:
             except asyncio.CancelledError:
                 for j in batch:
                     if not j.future.done():
-                        j.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down"))
+                        j.future.set_exception(_shutting_down())
                 raise
             except Exception as e:  # fan the failure out to every request of the batch; keep serving
                 log.exception("batch of %d failed", len(batch))

@@ -36,7 +36,8 @@ class ServiceState:
         return self.clip.info.architecture if self.clip else self.settings.model
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async: FastAPI runs a sync dependency in the thread pool, one AnyIO hop per request
     state: ServiceState = request.app.state.service
     if state.engine is None:
         raise ApiError(503, "not_ready", "the service is starting; retry shortly", {"Retry-After": "1"})

@@ -21,3 +21,4 @@ def test_missing_checkpoint_exits_with_a_clear_error(tiny_model, tmp_path):
                          timeout=180)
     assert out.returncode == 3
     assert "cannot load the model" in out.stderr and "missing.safetensors" in out.stderr and "does not exist" in out.stderr
+    assert "Traceback" not in out.stderr  # the operator reads one message, not a stack
