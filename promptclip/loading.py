@@ -155,8 +155,26 @@ def save_embedded_model(model: torch.nn.Module, config: dict[str, Any], path: Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata=meta)
+    canonical_header(tmp)
     os.replace(tmp, path)
     return path
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header in sorted key order, so equal contents give equal bytes.
+
+    safetensors writes `__metadata__` from a hash map, in an order that changes from process to
+    process; the tensor data and offsets do not depend on the header's key order.
+    """
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | dict(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    if len(text) > n:  # the same entries serialize to the same length; never grow the header
+        raise ValueError(f"{path}: canonical header is longer than the original ({len(text)} > {n})")
+    Path(path).write_bytes(raw[:8] + text.ljust(n, b" ") + raw[8 + n:])
 
 
 def _load_embedded_state(path: Path) -> dict[str, torch.Tensor]:

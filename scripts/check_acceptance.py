@@ -1,7 +1,8 @@
 """Check a `fit` run against issue 3's "done when" criteria.
 
-Usage: python scripts/check_acceptance.py DATA RUN
-Prints one line per criterion (PASS/FAIL with the numbers) and exits 1 if any fails.
+Usage: python scripts/check_acceptance.py DATA RUN [STORE]
+With STORE, every domain's CURRENT bundle is also loaded through the core loader against the
+run's base model (the embedded tiny CLIP unless run.json names another). Prints one line per criterion (PASS/FAIL with the numbers) and exits 1 if any fails.
 """
 
 from __future__ import annotations
@@ -11,7 +12,22 @@ import sys
 from pathlib import Path
 
 
-def main(data: Path, run: Path) -> int:
+def bundle_checks(run: Path, store: Path) -> list[tuple[str, bool, str]]:
+    from promptclip import ModelSpec, PromptStore, load_clip
+
+    model = json.loads((run / "run.json").read_text()).get("model", {})
+    spec = ModelSpec(model=model.get("model", "tiny-clip"), pretrained=model.get("pretrained", "embedded"))
+    base, st, out = load_clip(spec).info, PromptStore(store), []
+    for domain in st.domains():
+        try:
+            b = st.load_current(domain, base)
+            out.append((f"bundle {domain} loads", True, f"{b.manifest.version}, group {b.manifest.group['id']} {b.manifest.group['members']}"))
+        except Exception as e:  # noqa: BLE001 (report every refusal)
+            out.append((f"bundle {domain} loads", False, f"{type(e).__name__}: {e}"))
+    return out or [("bundles in store", False, f"none under {store}")]
+
+
+def main(data: Path, run: Path, store: Path | None = None) -> int:
     planted = json.loads((data / "planted_groups.json").read_text())["groups"]
     sim = json.loads((run / "similarity.json").read_text())
     groups = json.loads((run / "groups.json").read_text())["groups"]
@@ -48,10 +64,12 @@ def main(data: Path, run: Path) -> int:
         ("group_private has the best mean", max(mean, key=mean.get) == "group_private",
          ", ".join(f"{k} {v:.1f}" for k, v in mean.items())),
     ]
+    if store is not None:
+        checks += bundle_checks(run, store)
     for name, ok, detail in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
     return 0 if all(ok for _, ok, _ in checks) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None))

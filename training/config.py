@@ -41,8 +41,8 @@ class SplitConfig:
 
 @dataclass
 class PromptSizes:
-    group_tokens: int = opt(2, "group-shared prompt tokens per layer per tower")
-    private_tokens: int = opt(2, "task-private prompt tokens per layer per tower")
+    group_tokens: int = opt(4, "group-shared prompt tokens per layer per tower (most of a task's prompt)")
+    private_tokens: int = opt(1, "task-private prompt tokens per layer per tower (a small per-domain correction)")
     depth: int = opt(0, "layers receiving fresh prompts (0: every layer)")
 
 
@@ -89,10 +89,12 @@ class ExportConfig:
 @dataclass
 class PretrainConfig:
     seed: int = opt(0, "pretraining seed (images, init, batches)")
-    images: int = opt(6000, "captioned photo-style images rendered for pretraining")
-    steps: int = opt(900, "contrastive steps")
+    images: int = opt(12000, "captioned images rendered for pretraining (photos, plus the fractions below)")
+    steps: int = opt(1500, "contrastive steps")
     batch: int = opt(128, "images per step")
     lr: float = opt(2e-3, "peak AdamW learning rate")
+    drawings: float = opt(0.15, "fraction of clean line drawings captioned 'a drawing of a {label}.'")
+    clipart: float = opt(0.15, "fraction of clean clip art captioned 'a cartoon of a {label}.'")
     eval_per_class: int = opt(24, "images per (domain, label) in the zero-shot check after training")
     out: str = opt("", "output safetensors (empty: promptclip/embedded/tiny-clip.safetensors)")
 

@@ -65,7 +65,7 @@ def pretrain_tiny(cfg: PretrainConfig, threads: int = 2) -> dict:
     rng = np.random.default_rng([cfg.seed, 77])
     imgs, caps, ys = [], [], []
     for _ in tqdm(range(cfg.images), desc="render", unit="img"):
-        im, cap, li = synth.render_captioned(rng)
+        im, cap, li = synth.render_captioned(rng, mix=(cfg.drawings, cfg.clipart))
         imgs.append(preprocess(im))
         caps.append(cap)
         ys.append(li)
@@ -111,7 +111,7 @@ def pretrain_tiny(cfg: PretrainConfig, threads: int = 2) -> dict:
     texts = uniq + [synth.PROMPT.format(n) for n in synth.LABELS] + ["X"]
     used = sorted({int(t) for t in tokenizer(texts).flatten().tolist() if t != 0})
     record = {"zero_shot_accuracy": zs, "final_loss": round(loss.item(), 4),
-              "recipe": {k: getattr(cfg, k) for k in ("seed", "images", "steps", "batch", "lr")},
+              "recipe": {k: getattr(cfg, k) for k in ("seed", "images", "steps", "batch", "lr", "drawings", "clipart")},
               "eval": f"{cfg.eval_per_class} fresh images per label per style, prompt '{synth.PROMPT}'"}
     path = Path(cfg.out) if cfg.out else EMBEDDED_WEIGHTS
     save_embedded_model(model, TINY_CLIP_CONFIG, path, extra_metadata={
