@@ -7,8 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from promptclip import ClipLoadError, ModelSpec, load_clip
+from promptclip import ClipLoadError, ModelSpec, load_clip, save_embedded_model
+from promptclip.loading import _load_embedded_state
+
+from ..conftest import TINY
 
 
 def test_offline_tag_gives_one_clear_error(tmp_path):
@@ -71,3 +75,18 @@ def test_json_config_and_local_checkpoint(tmp_path, tiny_clip):
     b = load_clip(ModelSpec(model=str(cfg), pretrained=str(ckpt)))
     assert a.info.architecture == "my-tiny" and a.info.weights == b.info.weights
     assert a.info.weights.startswith("sha256:")
+
+
+def test_embedded_save_is_byte_stable_and_round_trips(tmp_path, tiny_clip):
+    """Equal weights give equal bytes (safetensors writes metadata in hash-map order), and the
+    sparse token table loads back: used rows exact (fp16), unused rows zero."""
+    meta = {"used_token_ids": "[0, 5, 320, 49406]", "note": "x", "zero_shot_accuracy": "{}"}
+    paths = [save_embedded_model(tiny_clip.model, TINY, tmp_path / f"m{i}.safetensors", extra_metadata=meta)
+             for i in range(3)]
+    assert len({p.read_bytes() for p in paths}) == 1
+    state = _load_embedded_state(paths[0])
+    table = tiny_clip.model.token_embedding.weight.detach().half().float()
+    got = state["token_embedding.weight"].float()
+    assert torch.equal(got[[0, 5, 320, 49406]], table[[0, 5, 320, 49406]])
+    assert got[1:5].abs().sum() == 0
+    assert torch.equal(state["visual.conv1.weight"].float(), tiny_clip.model.visual.conv1.weight.detach().half().float())
