@@ -4,7 +4,7 @@
 #   synth --seed 0 -> pretrain-tiny --seed 0 -> fit (defaults) -> publish v0001 per domain.
 # One torch thread and a fixed manifest timestamp make every byte a function of the seeds;
 # the printed sha256 sums must equal the committed files' (`git status` shows no change).
-# Usage: scripts/build_demo.sh [--skip-pretrain]     (about 25 min on 2 CPU cores)
+# Usage: scripts/build_demo.sh [--skip-pretrain]     (about 20 min on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p runs

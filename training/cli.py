@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, type=Path, help="output DATA directory")
     add_config(s, SynthConfig)
 
-    s = sub.add_parser("pretrain-tiny", help="pretrain the embedded tiny CLIP on synthetic photos",
+    s = sub.add_parser("pretrain-tiny", help="pretrain the embedded tiny CLIP on a captioned synthetic corpus",
                        formatter_class=fmt)
     add_config(s, PretrainConfig)
     s.add_argument("--threads", type=int, default=ModelConfig.threads, help="torch CPU threads")

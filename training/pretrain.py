@@ -1,8 +1,10 @@
-"""pretrain-tiny: contrastively pretrain the embedded tiny CLIP on captioned synthetic photos.
+"""pretrain-tiny: contrastively pretrain the embedded tiny CLIP on a captioned synthetic corpus.
 
-Only the photo style is seen (captions like "a photo of a red knife."), so zero-shot works on
-photos and degrades on other styles, as real CLIP does on sketches. Captions repeat in a
-batch, so identical captions count as positives of each other (multi-positive InfoNCE).
+Mostly photos ("a photo of a red knife."), plus a few clean line drawings and clip art captioned
+in their own words ("a drawing of a knife.", "a cartoon of a knife."), none of them one of the
+world's styles. Zero-shot with the photo template then works on photos and degrades on other
+styles, while the features still know them: the regime where prompts pay off. Captions repeat
+in a batch, so identical captions count as positives of each other (multi-positive InfoNCE).
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ Styles form planted groups of related renderings:
 * ``comic``, ``poster``: flat saturated fill, thick light outline, dark halftone / plain
   backgrounds, icons squashed flat (cartoon squash-and-stretch).
 
-The tiny CLIP is pretrained on photos only (like real CLIP, which mostly saw photos), so its
-zero-shot accuracy falls from photo to comic to the outline styles; each group needs a
+The tiny CLIP is pretrained on a web-like corpus (`render_captioned`): mostly photos, plus a few
+clean drawings and clip art described in their own words ("a drawing of a knife."). None of
+those is one of the styles above; zero-shot with the photo template works on photos and falls
+on the outline and flat styles, although the image features separate them: each group needs a
 different correction, which is what group prompts are for.
 """
 

@@ -20,7 +20,7 @@ def test_embedded_model_and_demo_bundles_load():
     assert clip.info.architecture == "tiny-clip" and clip.info.image_size == 48
     with safe_open(str(EMBEDDED_WEIGHTS), "pt") as f:
         zs = json.loads(f.metadata()["zero_shot_accuracy"])
-    assert zs["photo"] > zs["sketch"]  # photo-only pretraining: zero-shot works on photos, not sketches
+    assert zs["photo"] > zs["sketch"]  # the photo template works on photos, not sketches
     store = PromptStore(STORE)
     assert {"photo", "sketch", "comic"} <= set(store.domains())
     for d in store.domains():
