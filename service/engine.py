@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 def _shutting_down() -> ApiError:
     return ApiError(503, "shutting_down", "the server is shutting down; retry on another replica", {"Retry-After": "1"})
 
+
 EncodeFn = Callable[[Tensor, Tensor], Tensor]
 
 
