@@ -30,6 +30,16 @@ from .config import (
 log = logging.getLogger("training")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default unless it is None or the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def add_config(p: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
     g = p.add_argument_group(cls.__name__)
     for f in fields(cls):
@@ -54,7 +64,7 @@ def read_config(ns: argparse.Namespace, cls, prefix: str = "", **override):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsFormatter
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -287,4 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return COMMANDS[ns.command](ns)
+    from promptclip import ClipLoadError
+
+    try:
+        return COMMANDS[ns.command](ns)
+    except (FileNotFoundError, ValueError, ClipLoadError) as e:  # bad input: say what, not where (-v: traceback)
+        if ns.verbose:
+            raise
+        log.error("%s", e)
+        return 2

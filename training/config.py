@@ -69,7 +69,7 @@ class GroupConfig:
     tower: str = opt("text", "gradients compared: text | vision | both (text carries the signal; see docs)")
     center: bool = opt(True, "subtract the mean task gradient before the cosines (the pull all tasks share)")
     method: str = opt("agglomerative", "agglomerative (threshold-free, cut by silhouette) | bands")
-    bands: list = opt([0.8, 0.6], "band lower bounds for --method bands, highest first", nargs="+", type=float)
+    bands: list = opt([0.8, 0.6], "band lower bounds for --group-method bands, highest first", nargs="+", type=float)
 
 
 @dataclass

@@ -110,6 +110,10 @@ def load_tasks(data: Path | str, split_seed: int = 1234, test_frac: float = 0.5,
             dom.train_pool += [(f, li) for f in files[n_test + val_per_class:]]
             if len(files) <= n_test + val_per_class:
                 log.warning("%s/%s has %d images: no training pool left after test+val", dname, lname, len(files))
+        if not dom.train_pool:
+            raise ValueError(f"domain {dname!r} has no image left for training after the test split "
+                             f"(test_frac={test_frac}) and {val_per_class} validation images per label: give "
+                             "each label more images, or lower --test-frac / --val-per-class")
         out.append(dom)
     return TaskData(out)
 

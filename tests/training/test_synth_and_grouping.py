@@ -12,6 +12,7 @@ from training import agglomerative_groups, band_groups, main, same_partition
 from training.synth import DOMAINS, GROUPS, LABELS
 
 from .conftest import DOMAINS as USED
+from .conftest import FAST
 
 
 def digest(root):
@@ -90,3 +91,9 @@ def test_help_shows_defaults(cmd, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "default" in out or cmd == "rollback"
+
+
+def test_a_world_too_small_to_split_is_a_clear_error(world, tmp_path, caplog):
+    # 8 images per label: 4 test + 4 validation leave nothing to train on
+    assert main(["group", "--data", str(world), "--out", str(tmp_path / "run"), *FAST, "--val-per-class", "4"]) == 2
+    assert "no image left for training" in caplog.text and "--val-per-class" in caplog.text
