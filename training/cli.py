@@ -66,7 +66,7 @@ def read_config(ns: argparse.Namespace, cls, prefix: str = "", **override):
 def build_parser() -> argparse.ArgumentParser:
     fmt = DefaultsFormatter
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for input errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write the synthetic multi-domain data set", formatter_class=fmt)
