@@ -217,13 +217,12 @@ def load_clip(spec: ModelSpec) -> LoadedCLIP:
         model_name = cfg_path.stem
         register_config(model_name, json.loads(cfg_path.read_text()))
     if model_name == EMBEDDED_ARCH:  # its architecture lives in the embedded file's header
-        _register_embedded()
-    if pretrained == EMBEDDED and not _register_embedded():
-        raise ClipLoadError(
-            f"embedded model weights not found at {EMBEDDED_WEIGHTS}; rebuild them with "
-            "`python -m training pretrain-tiny` (see README)"
-        )
-    if pretrained == EMBEDDED and model_name != EMBEDDED_ARCH:
+        if not _register_embedded() and pretrained == EMBEDDED:
+            raise ClipLoadError(
+                f"embedded model weights not found at {EMBEDDED_WEIGHTS}; rebuild them with "
+                "`python -m training pretrain-tiny` (see README)"
+            )
+    elif pretrained == EMBEDDED:
         raise ClipLoadError(f"pretrained='embedded' only exists for model {EMBEDDED_ARCH!r}, got {model_name!r}")
     if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
         raise ClipLoadError(

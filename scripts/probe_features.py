@@ -21,8 +21,6 @@ import promptclip.loading as loading
 from promptclip import ModelSpec, PromptedCLIP, load_clip
 from training import synth
 
-TEMPLATES = {"photo": "a photo of a {}.", "drawing": "a drawing of a {}.", "cartoon": "a cartoon of a {}."}
-
 
 def probe(f: torch.Tensor, y: torch.Tensor, shots: int, test_from: int) -> float:
     """Nearest class mean: the first `shots` images of each label are its prototype; no tuning."""
@@ -45,8 +43,8 @@ def main() -> None:
     enc, labels = PromptedCLIP(clip.model), list(synth.LABELS)
     with torch.no_grad():
         text = {k: F.normalize(enc.encode_text(clip.tokenizer([t.format(n) for n in labels])), dim=-1)
-                for k, t in TEMPLATES.items()}
-    print(f"{'style':10s} " + " ".join(f"zs:{k:8s}" for k in TEMPLATES) + "  probe@4  probe@16")
+                for k, t in synth.CAPTIONS.items()}
+    print(f"{'style':10s} " + " ".join(f"zs:{k:8s}" for k in synth.CAPTIONS) + "  probe@4  probe@16")
     for d in synth.DOMAINS:
         imgs = [clip.preprocess(synth.render(d, lab, synth.image_rng(99, d, lab, i)))
                 for lab in labels for i in range(ns.per_class)]

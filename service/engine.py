@@ -32,10 +32,6 @@ from .registry import DomainEntry, ShapeKey, Snapshot
 log = logging.getLogger(__name__)
 
 
-def _shutting_down() -> ApiError:
-    return ApiError(503, "shutting_down", "the server is shutting down; retry on another replica", {"Retry-After": "1"})
-
-
 EncodeFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -65,6 +61,12 @@ class Job:
 class QueueFull(ApiError):
     def __init__(self, retry_after_s: int):
         super().__init__(503, "queue_full", "the server is at capacity; retry after the Retry-After delay",
+                         {"Retry-After": str(retry_after_s)})
+
+
+class ShuttingDown(ApiError):
+    def __init__(self, retry_after_s: int):
+        super().__init__(503, "shutting_down", "the server is shutting down; retry on another replica",
                          {"Retry-After": str(retry_after_s)})
 
 
@@ -102,7 +104,7 @@ class BatchingEngine:
             while not self.queue.empty():
                 job = self.queue.get_nowait()
                 if not job.future.done():
-                    job.future.set_exception(_shutting_down())
+                    job.future.set_exception(ShuttingDown(self.retry_after_s))
         self.model_thread.shutdown(wait=True)
 
     async def drain(self, timeout_s: float) -> bool:
@@ -163,7 +165,7 @@ class BatchingEngine:
             except asyncio.CancelledError:
                 for j in batch:
                     if not j.future.done():
-                        j.future.set_exception(_shutting_down())
+                        j.future.set_exception(ShuttingDown(self.retry_after_s))
                 raise
             except Exception as e:  # fan the failure out to every request of the batch; keep serving
                 log.exception("batch of %d failed", len(batch))

@@ -313,7 +313,7 @@ def draw_clipart(parts, rng):
 # The pretraining corpus, like web alt-text: mostly photos, a few drawings and clip art, each
 # described in its own words. None of these is one of the world's domains; zero-shot uses the
 # photo template, so the model knows drawings, but under other words than it is asked with.
-PRETRAIN_STYLES = {"photo": "a photo of a {}.", "drawing": "a drawing of a {}.", "clipart": "a cartoon of a {}."}
+CAPTIONS = {"photo": PROMPT, "drawing": "a drawing of a {}.", "cartoon": "a cartoon of a {}."}
 
 
 def render_captioned(rng: np.random.Generator, size: int = 48,
@@ -329,12 +329,12 @@ def render_captioned(rng: np.random.Generator, size: int = 48,
     u = rng.random()
     parts = _place(shape_parts(label), rng)
     if u < mix[0]:
-        img, caption = draw_lineart(parts, rng), PRETRAIN_STYLES["drawing"].format(label)
+        img, caption = draw_lineart(parts, rng), CAPTIONS["drawing"].format(label)
     elif u < mix[0] + mix[1]:
-        img, caption = draw_clipart(parts, rng), PRETRAIN_STYLES["clipart"].format(label)
+        img, caption = draw_clipart(parts, rng), CAPTIONS["cartoon"].format(label)
     else:
         img = draw_photo(parts, rng, color=color)
-        caption = f"a photo of a {color} {label}." if rng.random() < 0.6 else PROMPT.format(label)
+        caption = f"a photo of a {color} {label}." if rng.random() < 0.6 else CAPTIONS["photo"].format(label)
     return img.resize((size, size), Image.LANCZOS), caption, li
 
 
