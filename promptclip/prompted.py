@@ -11,9 +11,39 @@ one token buffer allocated at layer 0 instead of concatenating the sequence at e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .towers import TextTower, VisionTower, vision_tower
+
+
+def run_blocks(blocks: Sequence[nn.Module], x: Tensor, prompts: Tensor | None, slot: int,
+               taps: list[Tensor] | None = None, **block_kwargs: Any) -> Tensor:
+    """Run `blocks` over x, writing layer k's prompts into the slots before block k (k < depth).
+
+    Args:
+        blocks: the tower's transformer blocks, each called as `blk(x, **block_kwargs)`.
+        x: (B, L, W) token buffer whose positions slot..slot+n-1 are the prompt slots.
+        prompts: (B, depth, n, W) or None: then x runs as it is (bare CLIP).
+        slot: index of the first prompt slot.
+        taps: if given, collects the RMS of the stream entering each block (a 0-d tensor each).
+
+    Returns:
+        (B, L, W) after the last block.
+    """
+    n = 0 if prompts is None else prompts.shape[2]
+    depth = 0 if prompts is None else prompts.shape[1]
+    for k, blk in enumerate(blocks):
+        if n and k < depth:
+            x[:, slot:slot + n] = prompts[:, k]  # written in place: no new sequence per layer
+        if taps is not None:
+            taps.append(x.float().pow(2).mean().sqrt())
+        x = blk(x, **block_kwargs)
+    return x
 
 
 class PromptedCLIP(nn.Module):
@@ -21,6 +51,11 @@ class PromptedCLIP(nn.Module):
 
     The wrapped CLIP is frozen (no grad) and stays in eval mode even when this module is
     put in train mode; only prompts passed to the encode methods can receive gradients.
+
+    Raises:
+        ValueError: a tower that cannot take prompts exactly (convolutional, hybrid, RoPE
+            variants other than timm's concatenated 2-D RoPE, HF text encoders). The message
+            names the tower and lists the supported ones (see `promptclip.towers`).
     """
 
     def __init__(self, clip: nn.Module):
@@ -28,19 +63,12 @@ class PromptedCLIP(nn.Module):
         self.clip = clip
         clip.requires_grad_(False)
         clip.eval()
-        visual = clip.visual
-        self._text = getattr(clip, "text", clip)  # CustomTextCLIP keeps its text tower in .text
-        if not getattr(visual.transformer, "batch_first", True) or not getattr(
-            self._text.transformer, "batch_first", True
-        ):
-            raise ValueError("PromptedCLIP needs open_clip transformers with batch_first=True")
-        self.vision_layers = len(visual.transformer.resblocks)
-        self.vision_width = visual.transformer.width
-        self.text_layers = len(self._text.transformer.resblocks)
-        self.text_width = self._text.transformer.width
-        self.text_pool = getattr(self._text, "text_pool_type", getattr(self._text, "pool_type", "argmax"))
-        if self.text_pool not in ("argmax", "eos", "last"):
-            raise ValueError(f"unsupported text pooling {self.text_pool!r} (argmax, eos, last are)")
+        self.vision: VisionTower = vision_tower(clip.visual)
+        self.text = TextTower(clip)
+        self.vision_layers = len(self.vision.blocks)
+        self.vision_width = self.vision.width
+        self.text_layers = len(self.text.blocks)
+        self.text_width = self.text.width
 
     def train(self, mode: bool = True) -> PromptedCLIP:
         super().train(mode)
@@ -48,8 +76,17 @@ class PromptedCLIP(nn.Module):
         return self
 
     @property
+    def family(self) -> str:
+        """The image tower's family ('open_clip-vit', 'timm-vit', 'timm-eva'), recorded in bundles."""
+        return self.vision.family
+
+    @property
     def dtype(self) -> torch.dtype:
-        return self.clip.visual.conv1.weight.dtype
+        return self.vision.patch_weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision.patch_weight.device
 
     @property
     def logit_scale(self) -> Tensor:
@@ -60,6 +97,9 @@ class PromptedCLIP(nn.Module):
     def encode_image(self, images: Tensor, prompts: Tensor | None = None, normalize: bool = True) -> Tensor:
         """Image embeddings with per-sample deep prompts.
 
+        Prompt tokens follow the L0 original tokens (CLS / prefix tokens and patches) and are
+        dropped before the tower's pooling, so its pooling head only ever sees the originals.
+
         Args:
             images: (B, 3, H, W) preprocessed images.
             prompts: (B, depth, n, Wv) per-sample prompt tokens, or None / n == 0 for bare CLIP.
@@ -68,24 +108,16 @@ class PromptedCLIP(nn.Module):
         Returns:
             (B, E) embeddings.
         """
-        visual = self.clip.visual
-        x = visual._embeds(images.to(self.dtype))  # (B, 1+P, Wv)
-        blocks = visual.transformer.resblocks
-        if prompts is None or prompts.shape[2] == 0:
-            for blk in blocks:
-                x = blk(x)
-        else:
-            L0, depth = x.shape[1], prompts.shape[1]
+        if prompts is not None and prompts.shape[2] == 0:
+            prompts = None
+        n = 0 if prompts is None else prompts.shape[2]
+        x, kwargs = self.vision.embed(images.to(self.dtype), n)  # (B, L0, Wv)
+        L0 = x.shape[1]
+        if prompts is not None:
             prompts = prompts.to(x.dtype)
-            x = torch.cat([x, prompts[:, 0]], dim=1)  # (B, L0+n, Wv): the one allocation
-            for k, blk in enumerate(blocks):
-                if 0 < k < depth:
-                    x[:, L0:] = prompts[:, k]  # overwrite the prompt slots in place
-                x = blk(x)
-            x = x[:, :L0]  # prompts never reach pooling
-        pooled, _ = visual._pool(x)
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj
+            x = torch.cat([x, prompts[:, 0]], dim=1)  # (B, L0 + n, Wv): the one allocation
+        x = run_blocks(self.vision.blocks, x, prompts, L0, **kwargs)
+        pooled = self.vision.head(x[:, :L0])  # prompts never reach pooling
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
     # ----------------------------------------------------------------- text tower
@@ -101,46 +133,31 @@ class PromptedCLIP(nn.Module):
         Returns:
             (N, E) embeddings.
         """
-        t = self._text
-        cast = self.dtype
-        if self.text_pool in ("argmax", "eos"):
-            pool_idx = tokens.argmax(dim=-1) if self.text_pool == "argmax" else (
-                tokens == getattr(t, "text_eos_id", getattr(t, "eos_id", None))).int().argmax(dim=-1)
-            # Under the causal mask nothing after the last pooled position can change the output,
-            # so stop the sequence there: identical result, far less work on 77-token contexts.
-            L = int(pool_idx.max()) + 1
-        else:
-            pool_idx, L = None, tokens.shape[1]
-        tokens = tokens[:, :L]
-        x = t.token_embedding(tokens).to(cast) + t.positional_embedding[:L].to(cast)  # (N, L, Wt)
-        mask = t.attn_mask[:L, :L] if t.attn_mask is not None else None
+        if prompts is not None and prompts.shape[2] == 0:
+            prompts = None
         n = 0 if prompts is None else prompts.shape[2]
-        if n:
-            prompts = prompts.to(cast)
-            depth = prompts.shape[1]
-        for k, blk in enumerate(t.transformer.resblocks):
-            if n and k < depth:
-                x[:, 1:1 + n] = prompts[:, k]
-            x = blk(x, attn_mask=mask)
-        x = t.ln_final(x)
-        pooled = x[:, -1] if pool_idx is None else x[torch.arange(x.shape[0], device=x.device), pool_idx]
-        proj = t.text_projection
-        if proj is not None:
-            pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
+        pool_idx = self.text.pool_index(tokens, n)
+        if self.text.can_trim:
+            tokens = tokens[:, :int(pool_idx.max()) + 1]
+        x, mask = self.text.embed(tokens, self.dtype)  # (N, L, Wt)
+        x = run_blocks(self.text.blocks, x, None if prompts is None else prompts.to(x.dtype), 1, attn_mask=mask)
+        pooled = self.text.head(x, pool_idx)
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
 
 def insert_placeholders(tokens: Tensor, n: int, placeholder_id: int) -> Tensor:
-    """Shift token ids right by `n` after SOT and fill the gap with `placeholder_id`.
+    """Shift token ids right by `n` after the first position (SOT) and fill the gap with `placeholder_id`.
 
-    (N, ctx) -> (N, ctx). The last real token (EOT) is kept if the shift would push it out.
+    (N, ctx) -> (N, ctx). The shift drops the last n positions, so every row must end in at
+    least n + 1 copies of its last id (padding: 0 for CLIP's tokenizer, the pad / EOS id for
+    SentencePiece ones such as SigLIP's); otherwise the label prompt is too long.
     """
     if n == 0:
         return tokens
     N, ctx = tokens.shape
-    lengths = (tokens != 0).sum(dim=1)
-    if int(lengths.max()) + n > ctx:
-        raise ValueError(f"label prompt too long: {int(lengths.max())} tokens + {n} prompt slots > context {ctx}")
+    if n + 1 > ctx or not bool((tokens[:, ctx - n - 1:] == tokens[:, -1:]).all()):
+        raise ValueError(f"label prompt too long: {n} prompt slots need {n + 1} padding positions at the end "
+                         f"of the {ctx}-token context")
     fill = torch.full((N, n), placeholder_id, dtype=tokens.dtype, device=tokens.device)
     return torch.cat([tokens[:, :1], fill, tokens[:, 1:ctx - n]], dim=1)
 
@@ -151,18 +168,14 @@ def measure_stream_rms(encoder: PromptedCLIP, images: Tensor, tokens: Tensor) ->
     Prompts initialised at each layer's own scale keep the frozen model in its operating
     range; one small scale for all layers disturbs the shallow text layers and is too weak deep.
     """
-    rms_v, rms_t = [], []
+    rms_v: list[Tensor] = []
+    rms_t: list[Tensor] = []
     with torch.no_grad():
-        visual = encoder.clip.visual
-        x = visual._embeds(images.to(encoder.dtype))
-        for blk in visual.transformer.resblocks:
-            rms_v.append(x.float().pow(2).mean().sqrt())
-            x = blk(x)
-        t = encoder._text
-        L = int(tokens.argmax(dim=-1).max()) + 1
-        x = t.token_embedding(tokens[:, :L]).to(encoder.dtype) + t.positional_embedding[:L].to(encoder.dtype)
-        mask = t.attn_mask[:L, :L] if t.attn_mask is not None else None
-        for blk in t.transformer.resblocks:
-            rms_t.append(x.float().pow(2).mean().sqrt())
-            x = blk(x, attn_mask=mask)
+        x, kwargs = encoder.vision.embed(images.to(encoder.dtype), 0)
+        run_blocks(encoder.vision.blocks, x, None, 0, taps=rms_v, **kwargs)
+        text = encoder.text
+        if text.can_trim:
+            tokens = tokens[:, :int(text.pool_index(tokens, 0).max()) + 1]
+        x, mask = text.embed(tokens, encoder.dtype)
+        run_blocks(text.blocks, x, None, 1, taps=rms_t, attn_mask=mask)
     return torch.stack(rms_v).cpu(), torch.stack(rms_t).cpu()
