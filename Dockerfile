@@ -1,7 +1,7 @@
 # Moderation service on a CUDA-capable torch base. Multi-stage: dependencies are installed
 # before any project code is copied (that layer is reused until pyproject.toml changes), the
 # project is built into a wheel in a throw-away stage, and the runtime runs as a non-root user.
-# The image was never built in the environment that wrote it (no docker engine there): see docs/service.md.
+# Built and run by tests/container (podman, on a stand-in torch base: scripts/container_base.sh).
 ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
 FROM ${BASE_IMAGE} AS deps
@@ -34,7 +34,8 @@ COPY prompts_store/ /app/prompts_store/
 RUN chmod -R a+rX /app/prompts_store
 USER 10001
 EXPOSE 8000
+# probes the port the service listens on (MODERATION_PORT may be overridden at run time)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('MODERATION_PORT', '8000'); sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:' + port + '/readyz', timeout=2).status == 200 else 1)"]
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "service"]

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
@@ -27,8 +29,39 @@ from .state import ServiceState
 log = logging.getLogger(__name__)
 
 
+def _store_problem(root: Path) -> str | None:
+    """Why this process cannot read the bundle store at all, or None. An empty store is fine (readyz
+    stays 503 until a bundle is published); a missing directory or files this user cannot read (the
+    container runs as uid 10001; published files can be 0600) are a deployment mistake."""
+    if not root.exists():
+        return f"{root} does not exist"
+    if not root.is_dir():
+        return f"{root} is not a directory"
+    try:
+        unreadable = [] if os.access(root, os.R_OK | os.X_OK) else [root]
+        for d in sorted(root.iterdir()) if not unreadable else []:
+            if not d.is_dir() or d.name.startswith("."):
+                continue
+            if not os.access(d, os.R_OK | os.X_OK):
+                unreadable.append(d)
+                continue
+            unreadable += [f for f in sorted(d.iterdir()) if not f.name.startswith(".") and f.is_file()
+                           and (f.name == "CURRENT" or f.suffix == ".safetensors") and not os.access(f, os.R_OK)]
+    except OSError as e:
+        return f"{root} cannot be listed ({e.strerror})"
+    if unreadable:
+        more = f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
+        return (f"uid {os.getuid()} cannot read {', '.join(map(str, unreadable[:3]))}{more} "
+                f"(make the store readable: chmod -R a+rX)")
+    return None
+
+
 async def _startup(st: ServiceState) -> None:
     s = st.settings
+    problem = await asyncio.to_thread(_store_problem, s.store_dir.resolve())
+    if problem:  # one line that says what to fix, before the slow model load
+        log.error("cannot read the bundle store (MODERATION_STORE_DIR): %s", problem)
+        raise RuntimeError(f"startup failed: bundle store {problem}")
     if s.torch_threads:
         torch.set_num_threads(s.torch_threads)
     spec = ModelSpec(model=s.model, pretrained=s.pretrained, device=s.resolved_device(),

@@ -1,4 +1,5 @@
-"""Deployment files: compose parses with a GPU reservation, port, read-only store; Dockerfile lints clean."""
+"""Deployment files: compose parses with a GPU reservation, port, read-only store, and a CPU override;
+Dockerfile lints clean. tests/container builds and runs them."""
 
 from __future__ import annotations
 
@@ -18,13 +19,23 @@ def test_compose_file():
     svc = compose["services"]["moderation"]
     devices = svc["deploy"]["resources"]["reservations"]["devices"]
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
-    assert "8000:8000" in svc["ports"]
+    assert "${PUBLISH_PORT:-8000}:8000" in svc["ports"]
     assert "./prompts_store:/app/prompts_store:ro" in svc["volumes"]
     env = svc["environment"]
     assert all(k.startswith("MODERATION_") for k in env)
     assert env["MODERATION_STORE_DIR"] == "/app/prompts_store" and env["MODERATION_PORT"] == "8000"
     assert "readyz" in " ".join(svc["healthcheck"]["test"])
+    assert "MODERATION_PORT" in " ".join(svc["healthcheck"]["test"]), "probe the port the service listens on"
     assert svc["build"]["context"] == "."
+
+
+def test_cpu_override_drops_the_gpu_reservation():
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!reset", lambda loader, node: "!reset")
+    cpu = yaml.load((REPO / "docker-compose.cpu.yml").read_text(), Loader=Loader)["services"]["moderation"]
+    assert cpu["deploy"] == "!reset" and cpu["environment"]["MODERATION_DEVICE"] == "cpu"
 
 
 def test_dockerfile_structure():
@@ -35,9 +46,13 @@ def test_dockerfile_structure():
     users = re.findall(r"^USER (\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/readyz" in text
+    health = text[text.index("HEALTHCHECK"):text.index("STOPSIGNAL")]
+    assert "MODERATION_PORT" in health and ":8000" not in health, "a non-default MODERATION_PORT must turn healthy"
     assert 'CMD ["python", "-m", "service"]' in text
     ignore = (REPO / ".dockerignore").read_text().split()
-    assert {".git", ".venv", ".env"} <= set(ignore)
+    assert {".git", ".ci", ".venv", ".env", "tests", "training", "bench"} <= set(ignore)
+    # runtime dependencies only: the project's dependencies + the serve extra, never dev/train
+    assert "['optional-dependencies']['serve']" in text and "'dev'" not in text and "'train'" not in text
 
 
 def test_hadolint():
