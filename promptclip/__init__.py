@@ -25,17 +25,27 @@ from .loading import (
     ModelSpec,
     load_clip,
     register_config,
-    save_embedded_model,
 )
 from .multitask import MultiTaskCLIP, label_tokens
 from .prompted import PromptedCLIP, insert_placeholders, measure_stream_rms
 from .prompts import PromptConfig, TaskPrompts, check_task_name
 from .store import PromptStore, version_key
+from .towers import SUPPORTED_TEXT, SUPPORTED_VISION
+
+
+def __getattr__(name: str):
+    """The training-only writers load on first use, so serving never imports them."""
+    if name in ("save_embedded_model", "canonical_header"):
+        from . import embedded_writer
+
+        return getattr(embedded_writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_TEMPLATE", "EMBEDDED", "EMBEDDED_ARCH", "TENSOR_NAMES", "BaseModelInfo", "Bundle", "BundleError",
     "ClipLoadError", "Label", "LoadedCLIP", "Manifest", "ModelSpec", "MultiTaskCLIP", "PromptConfig",
-    "PromptStore", "PromptedCLIP", "TaskPrompts", "bundle_from_prompts", "check_task_name",
+    "PromptStore", "PromptedCLIP", "SUPPORTED_TEXT", "SUPPORTED_VISION", "TaskPrompts", "bundle_from_prompts", "check_task_name",
     "insert_placeholders", "label_tokens", "load_bundle", "load_clip", "measure_stream_rms", "read_manifest",
     "register_config", "save_bundle", "save_embedded_model", "tensor_sha256", "version_key",
 ]

@@ -9,19 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import struct
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .loading import BaseModelInfo
+from .loading import LEGACY_FAMILY, BaseModelInfo
 from .prompts import PromptConfig, TaskPrompts, check_task_name
 
 log = logging.getLogger(__name__)
@@ -161,13 +159,10 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     """The raw manifest dict from a bundle's header, without reading the tensors."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            if n > 100_000_000 or n > os.path.getsize(path):
-                raise ValueError("header length out of range")
-            header = json.loads(f.read(n))
-        return json.loads(header["__metadata__"]["bundle"])
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        with safe_open(str(path), "pt") as f:  # parses and validates the header only
+            meta = f.metadata() or {}
+        return json.loads(meta["bundle"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as e:
         raise BundleError("corrupt", path, f"not a bundle safetensors file ({type(e).__name__}: {e})") from None
 
 
@@ -189,6 +184,7 @@ def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
     except ValueError as e:
         raise BundleError("manifest", path, str(e)) from None
     if base is not None:
+        _check_family(manifest.base_model, base, path)
         bad = base.mismatches(manifest.base_model)
         if bad:
             raise BundleError("base_model", path, "trained for another CLIP: " + "; ".join(bad))
@@ -204,6 +200,14 @@ def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
                                             f"{manifest.sha256[:16]}...")
     _check_shapes(tensors, manifest, path)
     return Bundle(manifest, {k: v.to(torch.float32) for k, v in tensors.items()})
+
+
+def _check_family(trained: dict[str, Any], base: BaseModelInfo, path: Path) -> None:
+    family = trained.get("family", LEGACY_FAMILY)  # bundles from before families were recorded
+    if family != base.family:
+        raise BundleError("base_model", path, f"trained for a {family} image tower ({trained.get('architecture')!r}), "
+                                              f"but the loaded CLIP {base.architecture!r} has a {base.family} tower; "
+                                              "prompts do not transfer across tower families")
 
 
 def _check_shapes(tensors: dict[str, Tensor], m: Manifest, path: Path) -> None:

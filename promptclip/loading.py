@@ -5,6 +5,11 @@
   * a path to a local checkpoint file (``.pt``, ``.bin`` or ``.safetensors``);
   * an open_clip pretrained tag such as ``"openai"`` (downloads where the network allows);
   * ``None``: random init (tests and benchmarks; same FLOPs as the real model).
+
+`tokenizer` in a spec is an optional local Hugging Face tokenizer directory, for towers whose
+tokenizer open_clip would otherwise download (SigLIP, SigLIP2); it needs the `hf` extra.
+
+The training-only writer of the embedded model lives in `promptclip.embedded_writer`.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from typing import Any
 
 import open_clip
 import torch
-from open_clip.transformer import VisionTransformer
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .towers import TextTower, vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,7 @@ EMBEDDED_WEIGHTS = EMBEDDED_DIR / f"{EMBEDDED_ARCH}.safetensors"
 _SPARSE_IDS = "text.token_embedding.ids"
 _SPARSE_ROWS = "text.token_embedding.rows"
 
+LEGACY_FAMILY = "open_clip-vit"  # the only family served before bundles recorded it
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -48,6 +54,7 @@ class ModelSpec:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     precision: str = "fp32"  # fp32 | fp16 | bf16 (half precisions only on CUDA)
     cache_dir: str | None = None  # where open_clip looks for / stores downloaded weights
+    tokenizer: str | None = None  # local Hugging Face tokenizer directory (offline SigLIP); None: open_clip's
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -61,6 +68,7 @@ class BaseModelInfo:
     """What a prompt bundle must agree with: written into every manifest, checked on load."""
 
     architecture: str
+    family: str  # image tower family: open_clip-vit | timm-vit (SigLIP) | timm-eva (EVA02, PE-Core)
     weights: str  # "tag:openai", "sha256:<16 hex>" of a checkpoint file, or "random:<16 hex>" of the state dict
     embed_dim: int
     vision_width: int
@@ -75,6 +83,7 @@ class BaseModelInfo:
     def mismatches(self, other: dict[str, Any]) -> list[str]:
         """Fields of a manifest's `base_model` that disagree with this model, as readable strings."""
         out = []
+        other = {"family": LEGACY_FAMILY, **other}  # bundles from before families were recorded
         for key, mine in self.to_dict().items():
             if key not in other:
                 out.append(f"{key} missing (model has {mine!r})")
@@ -135,48 +144,6 @@ def _register_embedded() -> bool:
     return True
 
 
-def save_embedded_model(model: torch.nn.Module, config: dict[str, Any], path: Path = EMBEDDED_WEIGHTS,
-                        extra_metadata: dict[str, str] | None = None) -> Path:
-    """Save a (tiny) CLIP as fp16 safetensors with its open_clip config in the header.
-
-    The token embedding table is mostly rows no caption ever used; only rows that differ from
-    zero-mean init noise matter, so we keep just the rows in `used_token_ids` when the metadata
-    names them (`extra_metadata["used_token_ids"]` as JSON), and unused rows load as zeros.
-    """
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    meta = {"open_clip_config": json.dumps(config), "format": "promptclip-embedded-1"}
-    meta.update(extra_metadata or {})
-    if "used_token_ids" in meta:
-        ids = torch.tensor(sorted(set(json.loads(meta["used_token_ids"]))), dtype=torch.int64)
-        table = state.pop("token_embedding.weight")
-        state[_SPARSE_IDS] = ids
-        state[_SPARSE_ROWS] = table[ids].contiguous()
-        meta["vocab_size"] = str(table.shape[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=meta)
-    canonical_header(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def canonical_header(path: Path) -> None:
-    """Rewrite a safetensors header in sorted key order, so equal contents give equal bytes.
-
-    safetensors writes `__metadata__` from a hash map, in an order that changes from process to
-    process; the tensor data and offsets do not depend on the header's key order.
-    """
-    raw = Path(path).read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__", None)
-    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}) | dict(sorted(header.items()))
-    text = json.dumps(ordered, separators=(",", ":")).encode()
-    if len(text) > n:  # the same entries serialize to the same length; never grow the header
-        raise ValueError(f"{path}: canonical header is longer than the original ({len(text)} > {n})")
-    Path(path).write_bytes(raw[:8] + text.ljust(n, b" ") + raw[8 + n:])
-
-
 def _load_embedded_state(path: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
@@ -199,16 +166,60 @@ def load_clip(spec: ModelSpec) -> LoadedCLIP:
     """Build a frozen open_clip CLIP from `spec`.
 
     Args:
-        spec: architecture, weights source, device and precision.
+        spec: architecture, weights source, device, precision and optional tokenizer directory.
 
     Returns:
         LoadedCLIP with the frozen model (eval mode, no grad), its eval preprocess, tokenizer
         and the `BaseModelInfo` bundles are checked against.
 
     Raises:
-        ClipLoadError: unknown architecture, missing file, or weights that cannot be fetched
-            (e.g. offline and not cached). The message names the spec and says what to do.
+        ClipLoadError: unknown architecture, missing file, weights or tokenizer that cannot be
+            fetched (e.g. offline and not cached), or a tower deep prompts cannot serve
+            (convolutional: the message names it). The message names the spec and says what to do.
     """
+    model_name = _resolve_architecture(spec)
+    pretrained = spec.pretrained
+    source = _weights_source(model_name, pretrained)
+    # the embedded weights are loaded right below; open_clip's "initialized randomly" would mislead
+    quiet = (_root_log_filter(lambda r: "initialized randomly" not in r.getMessage()) if pretrained == EMBEDDED
+             else contextlib.nullcontext())
+    try:
+        with quiet:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=source, precision=spec.precision, device=spec.device, cache_dir=spec.cache_dir)
+    except Exception as e:  # hub/network errors surface as many types; turn them into one actionable error
+        raise ClipLoadError(
+            f"could not load weights for model={model_name!r} pretrained={pretrained!r}: {_first_line(e)}. "
+            "If this machine is offline, download the weights elsewhere and pass the local checkpoint path "
+            "as pretrained (MODERATION_PRETRAINED=/path/to/open_clip_model.safetensors), or pre-populate "
+            "the cache (cache_dir / HF_HOME) on a machine with network access."
+        ) from None
+
+    if pretrained == EMBEDDED:
+        state = _load_embedded_state(EMBEDDED_WEIGHTS)
+        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+        model.to(device=spec.device, dtype=PRECISIONS[spec.precision])
+        weights = "sha256:" + _sha256_file(EMBEDDED_WEIGHTS)[:16]
+    elif pretrained is None:
+        weights = "random:" + _sha256_state(model)[:16]
+    elif _is_local_path(pretrained):
+        weights = "sha256:" + _sha256_file(Path(pretrained))[:16]
+    else:
+        weights = f"tag:{pretrained}"
+    model.eval().requires_grad_(False)
+    info = _base_model_info(model_name, model, weights)
+    tokenizer = _load_tokenizer(model_name, spec)
+    log.info("loaded CLIP %s (%s, %s towers) on %s/%s", model_name, weights, info.family, spec.device,
+             spec.precision)
+    return LoadedCLIP(model=model, preprocess=preprocess, tokenizer=tokenizer, info=info, spec=spec)
+
+
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def _resolve_architecture(spec: ModelSpec) -> str:
+    """The open_clip architecture name of `spec`, registering a JSON config or the embedded one."""
     model_name, pretrained = spec.model, spec.pretrained
     if model_name.endswith(".json"):  # a custom architecture: register the config under its file stem
         cfg_path = Path(model_name)
@@ -229,61 +240,62 @@ def load_clip(spec: ModelSpec) -> LoadedCLIP:
             f"unknown open_clip architecture {model_name!r}; known e.g. ViT-B-16, ViT-B-32, ViT-L-14 "
             f"(open_clip.list_models()) or {EMBEDDED_ARCH!r} with pretrained='embedded'"
         )
+    return model_name
 
-    create = dict(precision=spec.precision, device=spec.device, cache_dir=spec.cache_dir)
+
+def _weights_source(model_name: str, pretrained: str | None) -> str | None:
+    """What open_clip's `pretrained` gets: None (random init / embedded), a checked path or a known tag."""
+    if pretrained is None or pretrained == EMBEDDED:
+        return None
+    if _is_local_path(pretrained):
+        if not Path(pretrained).is_file():
+            raise ClipLoadError(f"checkpoint file {pretrained!r} for model {model_name!r} does not exist")
+        return pretrained
+    known = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained not in known:
+        raise ClipLoadError(f"model {model_name!r} has no pretrained tag {pretrained!r}; known tags: {known}")
+    return pretrained
+
+
+def _base_model_info(model_name: str, model: torch.nn.Module, weights: str) -> BaseModelInfo:
+    """Shapes and tower family of a built CLIP; a tower deep prompts cannot serve is refused here."""
     try:
-        if pretrained == EMBEDDED:  # loaded right below; open_clip's "initialized randomly" would mislead
-            with _root_log_filter(lambda r: "initialized randomly" not in r.getMessage()):
-                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, **create)
-        elif pretrained is None:
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=None, **create)
-        elif _is_local_path(pretrained):
-            if not Path(pretrained).is_file():
-                raise ClipLoadError(f"checkpoint file {pretrained!r} for model {model_name!r} does not exist")
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, **create)
-        else:
-            known = open_clip.list_pretrained_tags_by_model(model_name)
-            if pretrained not in known:
-                raise ClipLoadError(f"model {model_name!r} has no pretrained tag {pretrained!r}; known tags: {known}")
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, **create)
-    except ClipLoadError:
-        raise
-    except Exception as e:  # hub/network errors surface as many types; turn them into one actionable error
-        raise ClipLoadError(
-            f"could not load weights for model={model_name!r} pretrained={pretrained!r}: "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. "
-            "If this machine is offline, download the weights elsewhere and pass the local checkpoint path "
-            "as pretrained (MODERATION_PRETRAINED=/path/to/open_clip_model.safetensors), or pre-populate "
-            "the cache (cache_dir / HF_HOME) on a machine with network access."
-        ) from None
-
-    if pretrained == EMBEDDED:
-        state = _load_embedded_state(EMBEDDED_WEIGHTS)
-        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
-        model.to(device=spec.device, dtype=PRECISIONS[spec.precision])
-        weights = "sha256:" + _sha256_file(EMBEDDED_WEIGHTS)[:16]
-    elif pretrained is None:
-        weights = "random:" + _sha256_state(model)[:16]
-    elif _is_local_path(pretrained):
-        weights = "sha256:" + _sha256_file(Path(pretrained))[:16]
-    else:
-        weights = f"tag:{pretrained}"
-
-    model.eval().requires_grad_(False)
-    if not isinstance(model.visual, VisionTransformer):
-        raise ClipLoadError(f"deep prompts need a ViT image tower; {model_name!r} has {type(model.visual).__name__}")
-    text = getattr(model, "text", model)
+        vision, text = vision_tower(model.visual), TextTower(model)
+    except ValueError as e:
+        raise ClipLoadError(f"model {model_name!r}: {e}") from None
     image_size = model.visual.image_size
-    info = BaseModelInfo(
+    return BaseModelInfo(
         architecture=model_name,
+        family=vision.family,
         weights=weights,
-        embed_dim=int(model.visual.output_dim),
-        vision_width=int(model.visual.transformer.width),
-        vision_layers=len(model.visual.transformer.resblocks),
-        text_width=int(text.transformer.width),
-        text_layers=len(text.transformer.resblocks),
+        embed_dim=text.embed_dim,
+        vision_width=vision.width,
+        vision_layers=len(vision.blocks),
+        text_width=text.width,
+        text_layers=len(text.blocks),
         image_size=int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size),
     )
-    tokenizer = open_clip.get_tokenizer(model_name)
-    log.info("loaded CLIP %s (%s) on %s/%s", model_name, weights, spec.device, spec.precision)
-    return LoadedCLIP(model=model, preprocess=preprocess, tokenizer=tokenizer, info=info, spec=spec)
+
+
+def _load_tokenizer(model_name: str, spec: ModelSpec) -> Callable:
+    """open_clip's tokenizer for `model_name`, or a Hugging Face one from the local `spec.tokenizer`."""
+    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
+    source = spec.tokenizer or text_cfg.get("hf_tokenizer_name")
+    try:
+        if spec.tokenizer is None:
+            return open_clip.get_tokenizer(model_name, cache_dir=spec.cache_dir)
+        if not Path(spec.tokenizer).is_dir():
+            raise FileNotFoundError(f"tokenizer directory {spec.tokenizer!r} does not exist")
+        from open_clip.tokenizer import HFTokenizer
+
+        return HFTokenizer(spec.tokenizer, context_length=text_cfg.get("context_length", 77),
+                           tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}))
+    except Exception as e:
+        extra = ("Install the Hugging Face extra: pip install 'promptclip-moderation[hf]'. "
+                 if isinstance(e, ImportError) else "")
+        raise ClipLoadError(
+            f"could not load the tokenizer {source!r} of model {model_name!r}: {_first_line(e)}. {extra}"
+            "Offline, save it on a machine with network access (python -c \"import open_clip; "
+            f"open_clip.get_tokenizer('{model_name}').save_pretrained('DIR')\"), copy DIR here and pass it as "
+            "MODERATION_TOKENIZER=DIR (service) or --tokenizer DIR (training)."
+        ) from None

@@ -187,6 +187,9 @@ class TextTower:
             raise _refuse("text", type(text).__name__, "blocks must be batch-first", SUPPORTED_TEXT)
         self.blocks = list(text.transformer.resblocks)
         self.width = int(text.transformer.width)
+        proj = text.text_projection
+        self.embed_dim = int(self.width if proj is None else
+                             proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
         self.causal = text.attn_mask is not None
         # Under a causal mask nothing after the pooled position reaches the output, so the
         # sequence can stop there: identical result, far less work on 77-token contexts.
