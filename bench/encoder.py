@@ -7,7 +7,7 @@ Variants (interleaved repetition by repetition, medians reported):
   bare            open_clip's own `model.encode_image` (normalised), the reference
   prompted        PromptedCLIP.encode_image: prompts written into one token buffer (production)
   naive           the same prompts concatenated to the sequence before every block (bench-only)
-  *+graph         the same through promptclip.accel.ImageRunner's CUDA graphs (CUDA only)
+  *+graph         the same through promptclip.ImageRunner's CUDA graphs (CUDA only)
   prompted+compile  ImageRunner(compile=True) (with --compile)
 
 Prompts are mixed-domain: a bank of --domains random prompt sets, gathered per sample by
@@ -30,8 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.timing import emit, interleaved, machine, median_ratio, table
-from promptclip import ModelSpec, PromptedCLIP, load_clip
-from promptclip.accel import ImageRunner
+from promptclip import ImageRunner, ModelSpec, PromptedCLIP, load_clip
 
 log = logging.getLogger(__name__)
 

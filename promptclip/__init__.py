@@ -16,6 +16,13 @@ from .bundle import (
     save_bundle,
     tensor_sha256,
 )
+from .device_decode import (
+    DeviceJpegPreprocessor,
+    decode_jpeg_batch_gpu,
+    device_jpeg_preprocessor,
+    preprocess_batch,
+)
+from .graphs import DEFAULT_BUCKETS, ImageRunner
 from .loading import (
     EMBEDDED,
     EMBEDDED_ARCH,
@@ -43,9 +50,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "DEFAULT_TEMPLATE", "EMBEDDED", "EMBEDDED_ARCH", "TENSOR_NAMES", "BaseModelInfo", "Bundle", "BundleError",
-    "ClipLoadError", "Label", "LoadedCLIP", "Manifest", "ModelSpec", "MultiTaskCLIP", "PromptConfig",
-    "PromptStore", "PromptedCLIP", "SUPPORTED_TEXT", "SUPPORTED_VISION", "TaskPrompts", "bundle_from_prompts", "check_task_name",
-    "insert_placeholders", "label_tokens", "load_bundle", "load_clip", "measure_stream_rms", "read_manifest",
-    "register_config", "save_bundle", "save_embedded_model", "tensor_sha256", "version_key",
+    "DEFAULT_BUCKETS", "DEFAULT_TEMPLATE", "EMBEDDED", "EMBEDDED_ARCH", "SUPPORTED_TEXT", "SUPPORTED_VISION",
+    "TENSOR_NAMES", "BaseModelInfo", "Bundle", "BundleError", "ClipLoadError", "DeviceJpegPreprocessor",
+    "ImageRunner", "Label", "LoadedCLIP", "Manifest", "ModelSpec", "MultiTaskCLIP", "PromptConfig", "PromptStore",
+    "PromptedCLIP", "TaskPrompts", "bundle_from_prompts", "check_task_name", "decode_jpeg_batch_gpu",
+    "device_jpeg_preprocessor", "insert_placeholders", "label_tokens", "load_bundle", "load_clip",
+    "measure_stream_rms", "preprocess_batch", "read_manifest", "register_config", "save_bundle",
+    "save_embedded_model", "tensor_sha256", "version_key",
 ]

@@ -85,9 +85,6 @@ class TaskPrompts(nn.Module):
                     scale = rms[: prm.shape[0]].view(-1, 1, 1) if rms is not None else std
                     prm.copy_(noise * scale)
 
-    def task_index(self, task: str) -> int:
-        return self.tasks.index(task)
-
     def group_params(self, task: str) -> tuple[nn.Parameter, nn.Parameter]:
         g = f"g{self.group_of[task]}"
         return self.vision_group[g], self.text_group[g]
@@ -106,10 +103,6 @@ class TaskPrompts(nn.Module):
     def vision_bank(self) -> Tensor:
         """(T, depth_v, n, Wv): every task's vision prompts, gathered per sample by task index."""
         return torch.stack([self.vision(t) for t in self.tasks])
-
-    def text_bank(self) -> Tensor:
-        """(T, depth_t, n, Wt)."""
-        return torch.stack([self.text(t) for t in self.tasks])
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

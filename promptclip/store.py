@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from .bundle import Bundle, BundleError, load_bundle, read_manifest, save_bundle
+from .bundle import Bundle, BundleError, load_bundle, save_bundle
 from .loading import BaseModelInfo
 from .prompts import TASK_NAME
 
@@ -131,8 +131,3 @@ class PromptStore:
         _atomic_write_text(path.parent / "CURRENT", version + "\n")
         log.info("rolled %s back to %s", domain, version)
         return path
-
-    def describe(self, domain: str) -> dict:
-        """Manifest of the current version, without loading tensors (for listings)."""
-        version = self.current_version(domain)
-        return read_manifest(self.path(domain, version or ""))

@@ -38,12 +38,12 @@ EncodeFn = Callable[[Tensor, Tensor], Tensor]
 def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch: int = 32) -> EncodeFn:
     """The image encoder the engine calls: the one place a faster runner plugs in.
 
-    On CUDA with `cuda_graphs`, promptclip.accel.ImageRunner replays a CUDA graph per batch
+    On CUDA with `cuda_graphs`, promptclip.ImageRunner replays a CUDA graph per batch
     bucket (padded up to the next bucket); elsewhere the eager prompted image tower.
     """
     device = next(prompted.clip.parameters()).device
     if cuda_graphs and device.type == "cuda":
-        from promptclip.accel import DEFAULT_BUCKETS, ImageRunner
+        from promptclip import DEFAULT_BUCKETS, ImageRunner
 
         buckets = tuple(b for b in DEFAULT_BUCKETS if b < max_batch) + (max_batch,)
         return ImageRunner(prompted, buckets=buckets)

@@ -23,10 +23,6 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-def bad_request(message: str, code: str = "bad_request") -> ApiError:
-    return ApiError(400, code, message)
-
-
 def validation_error(message: str) -> ApiError:
     return ApiError(422, "validation_error", message)
 

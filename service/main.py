@@ -82,7 +82,7 @@ async def _startup(st: ServiceState) -> None:
                     s.store_dir.resolve(), report.refused)
     device_jpeg = None
     if spec.device.startswith("cuda"):  # nvjpeg decode + preprocess on the GPU; PIL stays the fallback
-        from promptclip.accel import device_jpeg_preprocessor
+        from promptclip import device_jpeg_preprocessor
 
         device_jpeg = device_jpeg_preprocessor(st.clip.model, spec.device, max_pixels=s.max_image_pixels,
                                                min_side=s.min_image_side)

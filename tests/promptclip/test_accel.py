@@ -1,4 +1,4 @@
-"""The serving fast path (promptclip.accel) computes what encode_image computes.
+"""The serving fast path (promptclip.graphs, promptclip.device_decode) computes what encode_image computes.
 
 CPU tests check the eager path exactly; GPU twins (marked `gpu`, skipped without CUDA) check
 the CUDA-graph path against eager within fp16 tolerance. Correctness only, never speed.
@@ -13,8 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from promptclip import PromptConfig, PromptedCLIP, TaskPrompts
-from promptclip.accel import ImageRunner, decode_jpeg_batch_gpu, preprocess_batch
+from promptclip import (
+    ImageRunner,
+    PromptConfig,
+    PromptedCLIP,
+    TaskPrompts,
+    decode_jpeg_batch_gpu,
+    preprocess_batch,
+)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -234,7 +240,7 @@ def test_gpu_jpeg_decode_matches_pil_and_falls_back():
 
 
 def test_device_jpeg_preprocessor_matches_pil_and_declines_what_it_should(tiny_clip):
-    from promptclip.accel import DeviceJpegPreprocessor
+    from promptclip import DeviceJpegPreprocessor
 
     pre = DeviceJpegPreprocessor.for_model(tiny_clip.model, "cpu", max_pixels=10_000, min_side=8)
     assert pre.image_size == 32
@@ -255,7 +261,7 @@ def test_device_jpeg_preprocessor_matches_pil_and_declines_what_it_should(tiny_c
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_device_jpeg_preprocessor_matches_cpu(tiny_clip):
-    from promptclip.accel import DeviceJpegPreprocessor
+    from promptclip import DeviceJpegPreprocessor
 
     data = _jpeg(64, 48, seed=10)
     got = DeviceJpegPreprocessor.for_model(tiny_clip.model, "cuda")(data)

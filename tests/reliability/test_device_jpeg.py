@@ -1,4 +1,4 @@
-"""The GPU JPEG seam (promptclip.accel.DeviceJpegPreprocessor, used by service.decode on CUDA) under
+"""The GPU JPEG seam (promptclip.DeviceJpegPreprocessor, used by service.decode on CUDA) under
 hostile JPEGs: it must hand every one of them back to the PIL path (return None, which then answers
 the documented 4xx) and never raise or decode what PIL refuses. Runs on CPU (torchvision's libjpeg)
 and, as a GPU twin, on CUDA (nvjpeg), where the server takes this path for every plain JPEG."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from promptclip.accel import DeviceJpegPreprocessor
+from promptclip import DeviceJpegPreprocessor
 from service.decode import decode_image
 from service.errors import ApiError
 from tests.reliability.badinputs import encode, jpeg_header_bomb, noise

@@ -1,0 +1,186 @@
+"""Device JPEG decode and open_clip's eval preprocess on tensors.
+
+`decode_jpeg_batch_gpu` decodes JPEG bytes with nvjpeg on the device (PIL fallback), and
+`preprocess_batch` does open_clip's resize / centre-crop / normalise on tensors, on whatever
+device the decoded images live, so no per-image work stays on the CPU.
+`DeviceJpegPreprocessor` is the seam a service decoder calls before its PIL path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import Tensor
+
+
+def _decode_pil(data: bytes) -> Tensor:
+    """JPEG/PNG/... bytes -> (3, H, W) uint8 RGB on the CPU, EXIF orientation applied."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, 3).permute(
+            2, 0, 1)
+
+
+def _exif_rotated(data: bytes) -> bool:
+    """True when a JPEG's EXIF asks for a rotation/flip, which nvjpeg does not apply."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.getexif().get(0x0112, 1) not in (1, None)
+    except Exception:  # unreadable: let the decoder report it
+        return False
+
+
+def decode_jpeg_batch_gpu(data: Sequence[bytes], device: torch.device | str = "cuda",
+                          check_exif: bool = True) -> list[Tensor]:
+    """Decode images to (3, H, W) uint8 RGB tensors on `device`.
+
+    On CUDA the JPEGs go to nvjpeg in one batched call (`torchvision.io.decode_jpeg(device=...)`).
+    Whatever nvjpeg refuses (a non-JPEG, CMYK, a corrupt file: the batched call fails as a
+    whole) and every image on a CPU device goes through PIL, one by one, then to `device`.
+
+    Args:
+        data: encoded images.
+        device: where the decoded tensors should live.
+        check_exif: route JPEGs with an EXIF rotation to PIL (nvjpeg ignores EXIF). Costs a
+            header parse per image; turn off when uploads are known to be upright.
+
+    Raises:
+        ValueError: an image that neither decoder can read; the message gives its index.
+    """
+    device = torch.device(device)
+    out: list[Tensor | None] = [None] * len(data)
+    if device.type == "cuda":
+        jpeg = [i for i, d in enumerate(data) if d[:3] == b"\xff\xd8\xff" and not (check_exif and _exif_rotated(d))]
+        if jpeg:
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            raw = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpeg]
+            try:
+                for i, t in zip(jpeg, decode_jpeg(raw, mode=ImageReadMode.RGB, device=device), strict=True):
+                    out[i] = t
+            except RuntimeError:  # one bad image fails the whole batch: retry one by one
+                for i, r in zip(jpeg, raw, strict=True):
+                    with contextlib.suppress(RuntimeError):  # PIL below gets another try
+                        out[i] = decode_jpeg(r, mode=ImageReadMode.RGB, device=device)
+    for i, d in enumerate(data):
+        if out[i] is None:
+            try:
+                out[i] = _decode_pil(d).to(device, non_blocking=True)
+            except Exception as e:
+                raise ValueError(f"image {i} could not be decoded: {type(e).__name__}: {e}") from None
+    return out  # type: ignore[return-value]
+
+
+def preprocess_batch(images: Sequence[Tensor], image_size: int, mean: Sequence[float] = OPENAI_DATASET_MEAN,
+                     std: Sequence[float] = OPENAI_DATASET_STD, dtype: torch.dtype = torch.float32) -> Tensor:
+    """open_clip's eval transform on decoded tensors, on their own device: (B, 3, S, S).
+
+    Resize the shorter side to `image_size` (bicubic, antialiased), centre-crop a square,
+    scale to [0, 1] and normalise. Matches the PIL pipeline to within resampling differences
+    (a few 1e-2 in normalised units at most), not bit for bit.
+
+    Args:
+        images: (3, H, W) uint8 tensors, e.g. from `decode_jpeg_batch_gpu`.
+        image_size: the model's input size S.
+        mean, std: per-channel normalisation (open_clip's `preprocess_cfg`).
+        dtype: output dtype (the model's).
+    """
+    if not images:
+        raise ValueError("preprocess_batch needs at least one image")
+    dev = images[0].device
+    out = torch.empty(len(images), 3, image_size, image_size, device=dev, dtype=dtype)
+    m = torch.tensor(mean, device=dev, dtype=torch.float32).view(3, 1, 1) * 255.0
+    s = torch.tensor(std, device=dev, dtype=torch.float32).view(3, 1, 1) * 255.0
+    for i, img in enumerate(images):  # sizes differ per image; the resize is the only per-image op
+        _, h, w = img.shape
+        # torchvision's Resize(int): the short side becomes S, the long side int(S * long / short)
+        nh, nw = (image_size, int(image_size * w / h)) if h <= w else (int(image_size * h / w), image_size)
+        x = img.unsqueeze(0).float()
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))  # CenterCrop's
+        x = x[0, :, top:top + image_size, left:left + image_size].clamp_(0, 255)
+        out[i] = (x - m) / s
+    return out
+
+
+class DeviceJpegPreprocessor:
+    """Plain JPEG bytes -> (3, S, S) model input decoded and preprocessed on `device`.
+
+    The seam a service decoder calls before its PIL path: it returns None for anything it
+    does not take (not a JPEG, CMYK / odd modes, EXIF rotation, over the pixel limits,
+    corrupt), so the PIL path handles those and raises its own precise errors. The header is
+    read with PIL (no pixel decoded) to apply the same limits first.
+
+    Args:
+        device: where to decode (nvjpeg on CUDA; torchvision's libjpeg on CPU).
+        image_size, mean, std: the model's preprocess (`model.visual.preprocess_cfg`).
+        max_pixels: width * height above this is left to the PIL path (which refuses it).
+        min_side: images with a smaller side are left to the PIL path (which refuses them).
+    """
+
+    def __init__(self, device: torch.device | str, image_size: int, mean: Sequence[float] = OPENAI_DATASET_MEAN,
+                 std: Sequence[float] = OPENAI_DATASET_STD, max_pixels: int = 40_000_000, min_side: int = 1):
+        self.device = torch.device(device)
+        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
+        self.max_pixels, self.min_side = max_pixels, min_side
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, device: torch.device | str, **limits) -> DeviceJpegPreprocessor:
+        """Read size, mean and std from an open_clip model's `visual.preprocess_cfg`."""
+        cfg = model.visual.preprocess_cfg
+        size = cfg["size"]
+        return cls(device, int(size[0] if isinstance(size, (tuple, list)) else size), cfg["mean"], cfg["std"],
+                   **limits)
+
+    def accepts(self, data: bytes) -> bool:
+        """A baseline/progressive RGB or greyscale JPEG within limits, upright."""
+        if data[:3] != b"\xff\xd8\xff":
+            return False
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                return (im.format == "JPEG" and im.mode in ("RGB", "L") and w * h <= self.max_pixels
+                        and min(w, h) >= self.min_side and im.getexif().get(0x0112, 1) in (1, None))
+        except Exception:  # hostile headers: the PIL path reports them
+            return False
+
+    def __call__(self, data: bytes) -> Tensor | None:
+        """(3, S, S) float32 on `device`, or None: use the PIL path."""
+        if not self.accepts(data):
+            return None
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                              device=self.device)
+        except RuntimeError:  # truncated / corrupt: the PIL path raises the 400
+            return None
+        return preprocess_batch([img], self.image_size, self.mean, self.std)[0]
+
+
+def device_jpeg_preprocessor(model: torch.nn.Module, device: torch.device | str,
+                             **limits) -> DeviceJpegPreprocessor | None:
+    """A DeviceJpegPreprocessor matching `model`'s eval transform, or None if it cannot.
+
+    Only open_clip's default eval transform (shortest-side bicubic resize, centre crop,
+    normalise) is implemented on tensors; any other preprocess keeps the PIL path.
+    """
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation", "bicubic") != "bicubic":
+        return None
+    size = cfg.get("size", model.visual.image_size)
+    if isinstance(size, (tuple, list)) and size[0] != size[1]:
+        return None
+    return DeviceJpegPreprocessor.for_model(model, device, **limits)
