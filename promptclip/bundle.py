@@ -24,8 +24,9 @@ from .prompts import PromptConfig, TaskPrompts, check_task_name
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: calibrated decisions (labels[].calibration, decision, negatives, scope.bank)
 TENSOR_NAMES = ("vision.group", "vision.private", "text.group", "text.private")
+OPTIONAL_TENSORS = ("scope.bank", "scope.labels")  # (K, embed_dim) calibration image features, fp16; (K,) labels
 DEFAULT_TEMPLATE = "{placeholders} {prompt}"  # placeholders: one slot per prompt token, right after SOT
 
 
@@ -44,6 +45,7 @@ class Label:
     prompt: str  # text fed to CLIP, e.g. "a photo of a knife."
     unsafe: bool = False  # flagging this label is a moderation hit
     threshold: float = 0.5  # probability at or above which an unsafe label is flagged
+    calibration: dict[str, Any] | None = None  # {"method": "platt", "a", "b", "n_pos", "n"}; None: uncalibrated
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Manifest:
     labels: list[Label]
     template: str = DEFAULT_TEMPLATE
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics, at least "accuracy"
+    decision: dict[str, Any] = field(default_factory=dict)  # targets, review threshold, scope cuts (DESIGN §11)
+    negatives: dict[str, Any] = field(default_factory=dict)  # {"template", "names"}: NegLabel vocabulary
     created_at: str = ""
     sha256: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -73,8 +77,8 @@ class Manifest:
         if missing:
             raise BundleError("manifest", path, f"missing manifest keys {missing}")
         try:
-            labels = [Label(**{k: v for k, v in lab.items() if k in ("name", "prompt", "unsafe", "threshold")})
-                      for lab in d["labels"]]
+            label_keys = {f.name for f in fields(Label)}
+            labels = [Label(**{k: v for k, v in lab.items() if k in label_keys}) for lab in d["labels"]]
             m = cls(**{k: v for k, v in d.items() if k in known and k != "labels"}, labels=labels)
         except TypeError as e:
             raise BundleError("manifest", path, f"malformed manifest: {e}") from None
@@ -106,6 +110,13 @@ class Bundle:
     def text_prompts(self) -> Tensor:
         """(depth_t, n_group + n_private, Wt)."""
         return torch.cat([self.tensors["text.group"], self.tensors["text.private"]], dim=1)
+
+    def scope_bank(self) -> tuple[Tensor, Tensor]:
+        """(K, E) in-domain calibration image features and their (K,) label indices (K = 0: none)."""
+        bank = self.tensors.get("scope.bank")
+        if bank is None:
+            return torch.zeros(0, self.manifest.base_model["embed_dim"]), torch.zeros(0, dtype=torch.long)
+        return bank, self.tensors["scope.labels"].long()
 
     @property
     def prompt_config(self) -> PromptConfig:
@@ -192,14 +203,15 @@ def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise BundleError("corrupt", path, f"unreadable tensors: {e}") from None
-    if sorted(tensors) != sorted(TENSOR_NAMES):
-        raise BundleError("shape", path, f"tensors {sorted(tensors)}, expected {sorted(TENSOR_NAMES)}")
+    if not set(TENSOR_NAMES) <= set(tensors) <= set(TENSOR_NAMES + OPTIONAL_TENSORS):
+        raise BundleError("shape", path, f"tensors {sorted(tensors)}, expected {sorted(TENSOR_NAMES)} "
+                                         f"(optional: {list(OPTIONAL_TENSORS)})")
     digest = tensor_sha256(tensors)
     if digest != manifest.sha256:
         raise BundleError("checksum", path, f"tensor sha256 {digest[:16]}... differs from manifest "
                                             f"{manifest.sha256[:16]}...")
     _check_shapes(tensors, manifest, path)
-    return Bundle(manifest, {k: v.to(torch.float32) for k, v in tensors.items()})
+    return Bundle(manifest, {k: v if k == "scope.labels" else v.to(torch.float32) for k, v in tensors.items()})
 
 
 def _check_family(trained: dict[str, Any], base: BaseModelInfo, path: Path) -> None:
@@ -219,5 +231,13 @@ def _check_shapes(tensors: dict[str, Tensor], m: Manifest, path: Path) -> None:
         "text.private": (min(p["depth"], b["text_layers"]), p["private_tokens"], b["text_width"]),
     }
     bad = [f"{k} is {tuple(tensors[k].shape)}, expected {v}" for k, v in want.items() if tuple(tensors[k].shape) != v]
+    bank, bank_labels = tensors.get("scope.bank"), tensors.get("scope.labels")
+    if (bank is None) != (bank_labels is None):
+        bad.append("scope.bank and scope.labels come together")
+    elif bank is not None and (bank.dim() != 2 or bank.shape[1] != b["embed_dim"]
+                               or tuple(bank_labels.shape) != (bank.shape[0],)
+                               or bool(((bank_labels < 0) | (bank_labels >= len(m.labels))).any())):
+        bad.append(f"scope.bank {tuple(bank.shape)} / scope.labels {tuple(bank_labels.shape)} do not fit "
+                   f"(K, {b['embed_dim']}) / (K,) label indices")
     if bad:
         raise BundleError("shape", path, "; ".join(bad))

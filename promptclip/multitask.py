@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .decisions import label_cosines
 from .prompted import PromptedCLIP, insert_placeholders
 from .prompts import TaskPrompts
 
@@ -16,6 +17,21 @@ def label_tokens(tokenizer: Callable, texts: Sequence[str], n_tokens: int) -> Te
     tokens = tokenizer(list(texts))
     placeholder = int(tokenizer(["X"])[0, 1])
     return insert_placeholders(tokens, n_tokens, placeholder)
+
+
+def encode_prompted_texts(encoder: PromptedCLIP, tokens: Tensor, text_prompts: Tensor, chunk: int = 256) -> Tensor:
+    """(C, E) normalised embeddings of tokenized texts under one task's deep text prompts.
+
+    Args:
+        tokens: (C, ctx) from `label_tokens` with as many slots as the prompts have tokens.
+        text_prompts: (depth_t, n, Wt); n may be 0 (bare CLIP).
+    """
+    out = []
+    for i in range(0, tokens.shape[0], chunk):  # bounded memory for large vocabularies (negative labels)
+        part = tokens[i:i + chunk]
+        prompts = text_prompts.unsqueeze(0).expand(part.shape[0], -1, -1, -1) if text_prompts.shape[1] else None
+        out.append(encoder.encode_text(part, prompts))
+    return torch.cat(out)
 
 
 class MultiTaskCLIP(nn.Module):
@@ -50,14 +66,12 @@ class MultiTaskCLIP(nn.Module):
         """
         tokens = self.label_tokens(task)
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.prompts.parameters()):
-            prompts = self.prompts.text(task).unsqueeze(0).expand(tokens.shape[0], -1, -1, -1)
-            return self.encoder.encode_text(tokens, prompts)
+            return encode_prompted_texts(self.encoder, tokens, self.prompts.text(task))
         key = self.prompts.versions(task)
         hit = self._cache.get(task)
         if hit is None or hit[0] != key:
             with torch.no_grad():
-                prompts = self.prompts.text(task).unsqueeze(0).expand(tokens.shape[0], -1, -1, -1)
-                hit = (key, self.encoder.encode_text(tokens, prompts))
+                hit = (key, encode_prompted_texts(self.encoder, tokens, self.prompts.text(task)))
             self._cache[task] = hit
         return hit[1]
 
@@ -90,7 +104,5 @@ class MultiTaskCLIP(nn.Module):
         bank = torch.stack([self.prompts.vision(t) for t in names])  # (T', depth, n, Wv)
         img = self.encoder.encode_image(images, bank[local])  # (B, E)
         per_sample = self.all_text_features(names)[local]  # (B, Cmax, E)
-        logits = self.encoder.logit_scale * torch.einsum("be,bce->bc", img.to(per_sample.dtype), per_sample)
         counts = torch.tensor(self.num_labels, device=task_idx.device)[task_idx]  # (B,)
-        valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < counts[:, None]
-        return logits.masked_fill(~valid, float("-inf"))
+        return self.encoder.logit_scale * label_cosines(img, per_sample, counts)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from promptclip import PromptedCLIP
+from promptclip.decisions import score_batch
 
 from .errors import ApiError
 from .registry import DomainEntry, ShapeKey, Snapshot
@@ -55,7 +56,7 @@ class Job:
     pixels: Tensor  # (3, H, W) preprocessed, CPU (or already on the GPU when decoded there)
     entry: DomainEntry
     snapshot: Snapshot
-    future: asyncio.Future  # -> (scores (C,), probabilities (C,)) as Python lists
+    future: asyncio.Future  # -> the sample's scores row (promptclip.decisions.BatchScores.row)
 
 
 class QueueFull(ApiError):
@@ -115,8 +116,8 @@ class BatchingEngine:
         return self.in_flight == 0
 
     # ------------------------------------------------------------------ requests
-    async def classify(self, pixels: Tensor, entry: DomainEntry, snapshot: Snapshot) -> tuple[list, list]:
-        """Scores and probabilities over `entry`'s labels (label order); raises ApiError 503/504."""
+    async def classify(self, pixels: Tensor, entry: DomainEntry, snapshot: Snapshot) -> dict:
+        """The image's scores row against `entry`'s banks (label order); raises ApiError 503/504."""
         fut = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(Job(pixels, entry, snapshot, fut))
@@ -196,8 +197,8 @@ class BatchingEngine:
         torch.cuda.current_stream(self.device).synchronize()  # the staging buffer is reused next batch
         return out
 
-    def _forward(self, batch: list[Job]) -> list[tuple[list, list]]:
-        """Runs in the model thread. Returns per job (scores, probabilities) over its labels."""
+    def _forward(self, batch: list[Job]) -> list[dict]:
+        """Runs in the model thread. Returns per job its scores row (cosines, probabilities, scope)."""
         groups: dict[tuple[int, ShapeKey], list[int]] = {}
         for i, j in enumerate(batch):
             groups.setdefault((id(j.snapshot), j.entry.shape), []).append(i)
@@ -211,15 +212,9 @@ class BatchingEngine:
                 images = self._upload([j.pixels for j in jobs])  # (B, 3, H, W)
                 prompts = snap.vision_banks[shape].index_select(0, vrows)  # (B, depth, n, Wv)
                 feats = self.encode(images, prompts).float()  # (B, E), normalised
-                text = snap.text_bank.index_select(0, trows)  # (B, Cmax, E)
-                scores = torch.einsum("be,bce->bc", feats, text)  # (B, Cmax) cosine similarities
-                counts = snap.label_counts.index_select(0, trows)  # (B,)
-                valid = torch.arange(scores.shape[1], device=scores.device)[None, :] < counts[:, None]
-                probs = (self.logit_scale * scores).masked_fill(~valid, float("-inf")).softmax(dim=-1)
-                scores_l, probs_l, counts_l = scores.cpu().tolist(), probs.cpu().tolist(), counts.cpu().tolist()
+                rows = score_batch(feats, trows, snap.banks, self.logit_scale).rows()
                 for k, i in enumerate(idx):
-                    c = counts_l[k]
-                    out[i] = (scores_l[k][:c], probs_l[k][:c])
+                    out[i] = rows[k]
         return out
 
     async def warmup(self, snapshot: Snapshot, image_size: int) -> None:

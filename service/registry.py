@@ -2,9 +2,9 @@
 
 A snapshot holds, on the model's device:
   * one vision prompt bank per prompt shape (depth, n): (T_shape, depth, n, Wv);
-  * one padded text-feature bank (T, Cmax, E) of normalised label embeddings, computed once
-    per bundle load (serving runs only the image tower);
-  * per-domain metadata (labels, thresholds, version, group, metrics, checksum).
+  * the scoring banks of `promptclip.decisions` (label and negative-label embeddings, the scope
+    models), computed once per bundle load: serving runs only the image tower;
+  * per-domain metadata (labels, thresholds, decision rule, version, group, metrics, checksum).
 
 Requests capture the snapshot when they arrive and finish on it, so a reload never changes a
 request half way. A bundle the core loader refuses is reported and the previous version of
@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 from promptclip import Bundle, BundleError, LoadedCLIP, PromptedCLIP, PromptStore, label_tokens
+from promptclip.decisions import Banks, DecisionRule, DomainBank
+from promptclip.multitask import encode_prompted_texts
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,11 @@ class DomainEntry:
     prompt: dict[str, int]
     shape: ShapeKey
     vision: Tensor  # (depth_v, n, Wv) on device, model dtype
-    text_features: Tensor  # (C, E) float32, normalised, on device
+    bank: DomainBank  # label / negative embeddings and scope features, float32 on device
+    rule: DecisionRule
+    decision: dict[str, Any]  # the manifest's decision section ({} for bundles from before calibration)
     vision_row: int = -1  # index into snapshot.vision_banks[shape]
-    text_row: int = -1  # index into snapshot.text_bank
+    text_row: int = -1  # index into snapshot.banks
 
     @property
     def label_names(self) -> list[str]:
@@ -67,8 +71,7 @@ class Snapshot:
     generation: int
     domains: dict[str, DomainEntry]
     vision_banks: dict[ShapeKey, Tensor]  # shape -> (T_shape, depth_v, n, Wv)
-    text_bank: Tensor | None  # (T, Cmax, E) float32, zero-padded
-    label_counts: Tensor | None  # (T,) long
+    banks: Banks | None  # scoring banks, one row per domain (sorted names)
 
     def known(self) -> list[str]:
         return sorted(self.domains)
@@ -90,21 +93,16 @@ def build_snapshot(generation: int, entries: dict[str, DomainEntry], device: tor
     """Place entries into fresh banks (new rows), leaving the entries of older snapshots untouched."""
     names = sorted(entries)
     if not names:
-        return Snapshot(generation, {}, {}, None, None)
+        return Snapshot(generation, {}, {}, None)
     by_shape: dict[ShapeKey, list[str]] = {}
     for name in names:
         by_shape.setdefault(entries[name].shape, []).append(name)
     vision_row = {m: row for members in by_shape.values() for row, m in enumerate(members)}
     banks = {shape: torch.stack([entries[m].vision for m in members])  # (T_shape, depth, n, Wv)
              for shape, members in by_shape.items()}
-    cmax = max(len(entries[n].labels) for n in names)
-    text_bank = torch.zeros(len(names), cmax, entries[names[0]].text_features.shape[1], device=device)
-    for row, n in enumerate(names):
-        f = entries[n].text_features
-        text_bank[row, : f.shape[0]] = f
-    counts = torch.tensor([len(entries[n].labels) for n in names], device=device)
+    scoring = Banks.stack([entries[n].bank for n in names], device=device)
     placed = {n: replace(entries[n], vision_row=vision_row[n], text_row=row) for row, n in enumerate(names)}
-    return Snapshot(generation, placed, banks, text_bank, counts)
+    return Snapshot(generation, placed, banks, scoring)
 
 
 class BundleRegistry:
@@ -116,7 +114,8 @@ class BundleRegistry:
         self.store = PromptStore(store_dir)
         self.device = next(prompted.clip.parameters()).device
         self._lock = threading.Lock()  # one reload at a time
-        self._snapshot = Snapshot(0, {}, {}, None, None)
+        self._snapshot = Snapshot(0, {}, {}, None)
+        self._warned_legacy: set[str] = set()
         self.last_report = ReloadReport()
 
     @property
@@ -129,18 +128,27 @@ class BundleRegistry:
         vision = bundle.vision_prompts().to(self.device, dtype)  # (depth_v, n, Wv)
         text = bundle.text_prompts().to(self.device, dtype)  # (depth_t, n, Wt)
         n = vision.shape[1]
-        tokens = label_tokens(self.clip.tokenizer, [lab.prompt for lab in m.labels], n).to(self.device)  # (C, ctx)
+        negatives = [m.negatives.get("template", "{}").format(name) for name in m.negatives.get("names", [])]
+        texts = [lab.prompt for lab in m.labels] + negatives
+        tokens = label_tokens(self.clip.tokenizer, texts, n).to(self.device)  # (C + M, ctx)
         with torch.inference_mode():
-            prompts = text.unsqueeze(0).expand(tokens.shape[0], -1, -1, -1) if n else None
-            feats = self.prompted.encode_text(tokens, prompts).float()  # (C, E), normalised
+            feats = encode_prompted_texts(self.prompted, tokens, text).float()  # (C + M, E), normalised
         if not torch.isfinite(feats).all():
             raise BundleError("shape", m.domain, "text features are not finite")
+        scope, scope_labels = bundle.scope_bank()
+        c = len(m.labels)
+        if not m.decision and m.domain not in self._warned_legacy:
+            self._warned_legacy.add(m.domain)
+            log.warning("%s@%s has no calibrated decision rule (written before schema 2): serving it with the "
+                        "old rule (closed-set softmax vs thresholds, everything in scope)", m.domain, m.version)
         return DomainEntry(
             domain=m.domain, version=m.version, group=dict(m.group),
             labels=tuple(LabelInfo(lab.name, lab.prompt, bool(lab.unsafe), float(lab.threshold)) for lab in m.labels),
             metrics=dict(m.metrics), sha256=m.sha256, created_at=m.created_at,
             loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            prompt=dict(m.prompt), shape=(int(vision.shape[0]), int(n)), vision=vision, text_features=feats,
+            prompt=dict(m.prompt), shape=(int(vision.shape[0]), int(n)), vision=vision,
+            bank=DomainBank(feats[:c], feats[c:], scope.to(self.device, torch.float32), scope_labels.to(self.device)),
+            rule=DecisionRule.from_manifest(m.labels, m.decision), decision=dict(m.decision),
         )
 
     def reload(self) -> ReloadReport:

@@ -78,10 +78,16 @@ class BatchRequest(BaseModel):
 class LabelScore(BaseModel):
     label: str
     score: float = Field(description="cosine similarity between the image and the label prompt")
-    probability: float = Field(description="softmax of logit_scale * cosine over the domain's labels")
-    threshold: float = Field(description="probability at or above which an unsafe label is flagged")
+    probability: float = Field(description="calibrated one-vs-rest probability that the image shows this label "
+                                           "(Platt scaling on held-out images; read 0.8 as about 80%). Labels "
+                                           "with calibrated=false (added without retraining, or legacy bundles) "
+                                           "carry the closed-set softmax here")
+    softmax: float = Field(description="closed-set softmax of logit_scale * cosine over the domain's labels")
+    threshold: float = Field(description="probability at or above which an unsafe label is flagged, fitted to the "
+                                         "bundle's false-flag target")
     unsafe: bool
-    flagged: bool = Field(description="unsafe and probability >= threshold")
+    flagged: bool = Field(description="in scope, unsafe and probability >= threshold")
+    calibrated: bool = Field(description="probability is calibrated on held-out images")
 
 
 class BundleRef(BaseModel):
@@ -92,10 +98,12 @@ class BundleRef(BaseModel):
 _EXAMPLE_RESULT = {
     "domain": "photo", "bundle": {"version": "v0001", "group": "g0"}, "model": "tiny-clip",
     "labels": [
-        {"label": "weapon", "score": 0.31, "probability": 0.81, "threshold": 0.5, "unsafe": True, "flagged": True},
-        {"label": "flower", "score": 0.12, "probability": 0.19, "threshold": 0.5, "unsafe": False,
-         "flagged": False}],
-    "top_label": "weapon", "flagged": True, "needs_review": False, "latency_ms": 4.2,
+        {"label": "weapon", "score": 0.31, "probability": 0.81, "softmax": 0.9, "threshold": 0.5, "unsafe": True,
+         "flagged": True, "calibrated": True},
+        {"label": "flower", "score": 0.12, "probability": 0.02, "softmax": 0.1, "threshold": 0.5, "unsafe": False,
+         "flagged": False, "calibrated": True}],
+    "top_label": "weapon", "out_of_scope": False, "scope_score": -0.8, "flagged": True, "needs_review": False,
+    "rule": "calibrated", "latency_ms": 4.2,
 }
 
 
@@ -105,9 +113,17 @@ class ClassifyResponse(BaseModel):
     bundle: BundleRef
     model: str = Field(description="CLIP architecture serving the request")
     labels: list[LabelScore] = Field(description="every label of the domain, highest score first")
-    top_label: str
-    flagged: bool = Field(description="any unsafe label at or above its threshold")
-    needs_review: bool = Field(description="an unsafe label within REVIEW_MARGIN below its threshold")
+    top_label: str | None = Field(description="the label with the highest score; null when out of scope")
+    out_of_scope: bool = Field(description="the image matches none of the domain's labels: it is never flagged")
+    scope_score: float | None = Field(description="in-scope score (minus the squared whitened distance to the "
+                                                  "nearest label's calibration images, per dimension); out of "
+                                                  "scope below the bundle's cut. null for legacy bundles")
+    flagged: bool = Field(description="in scope and an unsafe label at or above its threshold")
+    needs_review: bool = Field(description="not flagged, in scope and the largest unsafe probability at or above "
+                                           "the bundle's review threshold; or out of scope when "
+                                           "REVIEW_OUT_OF_SCOPE is set. Legacy bundles: an unsafe label within "
+                                           "REVIEW_MARGIN below its threshold")
+    rule: str = Field(description="calibrated, or legacy for bundles written before calibrated decisions")
     latency_ms: float
 
 
@@ -134,6 +150,7 @@ class LabelInfoOut(BaseModel):
     prompt: str
     unsafe: bool
     threshold: float
+    calibrated: bool = Field(description="the label's probability is calibrated on held-out images")
 
 
 class DomainInfo(BaseModel):
@@ -141,7 +158,10 @@ class DomainInfo(BaseModel):
     version: str
     group: dict[str, Any] = Field(description='{"id": ..., "members": [...]}')
     labels: list[LabelInfoOut]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="held-out metrics; metrics.decisions holds the test-split "
+                                                "decision rates with 95% intervals")
+    decision: dict[str, Any] = Field(description="the decision rule: targets, review threshold, scope cut; {} for "
+                                                 "legacy bundles")
     sha256: str
     created_at: str
     loaded_at: str

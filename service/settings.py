@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(64, ge=1, description="images per /classify/batch request")
     decode_workers: int = Field(2, ge=1, description="threads decoding images off the event loop")
     # --- decisions
-    review_margin: float = Field(0.1, ge=0, le=1, description="needs_review band below each unsafe threshold")
+    review_margin: float = Field(0.1, ge=0, le=1, description="legacy bundles only: needs_review band below "
+                                                                 "each unsafe threshold")
+    review_out_of_scope: bool = Field(False, description="send out-of-scope images to review (needs_review)")
     # --- store and lifecycle
     poll_interval_s: float = Field(0.0, ge=0, description="poll the store for new CURRENT versions; 0 = off")
     drain_delay_s: float = Field(0.0, ge=0, description="after SIGTERM, /readyz is 503 this long before closing")

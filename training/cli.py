@@ -15,6 +15,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .config import (
+    DecisionConfig,
     EvalConfig,
     ExportConfig,
     GroupConfig,
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True, type=Path, help="bundle store root")
     s.add_argument("--data", type=Path, default=None, help="DATA directory (default: the one RUN was trained on)")
     add_config(s, ExportConfig)
+    add_config(s, DecisionConfig)
 
     s = sub.add_parser("rollback", help="point a domain's CURRENT at an older version", formatter_class=fmt)
     s.add_argument("--store", required=True, type=Path, help="bundle store root")
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(s, GroupConfig, prefix="group_")
     add_config(s, EvalConfig)
     add_config(s, ExportConfig, skip=("seed",))
+    add_config(s, DecisionConfig)
 
     s = sub.add_parser("demo", help="rebuild the embedded tiny CLIP and the demo bundles from seeds",
                        formatter_class=fmt)
@@ -150,7 +153,7 @@ class Context:
         self.train = read_config(ns, TrainConfig)
         self.clip, self.encoder = load_encoder(self.model_cfg, self.dist)
         self.data = load_tasks(data, self.split.split_seed, self.split.test_frac, self.split.val_per_class,
-                               getattr(ns, "domains", None))
+                               getattr(ns, "domains", None), self.split.val_frac)
         self.cache = ImageCache(self.clip.preprocess)
         self.data_dir = Path(data)
 
@@ -210,13 +213,14 @@ def do_evaluate(ctx: Context, ns, run: Path, groups) -> dict:
                     read_config(ns, EvalConfig), run, dist=ctx.dist)
 
 
-def do_export(ctx: Context, run: Path, store: Path, seed: int, version: str, created: str) -> dict:
+def do_export(ctx: Context, ns, run: Path, store: Path, seed: int) -> dict:
     from .export import export_run, write_json
 
     final = run / "models" / f"group_private-s{seed}" / "final.pt"
     if not final.is_file():
         raise FileNotFoundError(f"{final} does not exist; run `python -m training train` with --seed {seed}")
-    out = export_run(ctx.clip, ctx.encoder, ctx.data, ctx.cache, final, store, version, created)
+    out = export_run(ctx.clip, ctx.encoder, ctx.data, ctx.cache, final, store, read_config(ns, DecisionConfig),
+                     ctx.split.shots, ns.version, ns.created_at, report_dir=run)
     write_json(run / "export.json", out)
     return out
 
@@ -248,7 +252,7 @@ def cmd_export(ns) -> int:
     ns2 = argparse.Namespace(**{**run_info["model"], **run_info["split"], **run_info["prompt"], **run_info["train"],
                                 "domains": run_info["tasks"]})
     ctx = Context(ns2, ns.data or Path(run_info["data"]))
-    out = do_export(ctx, ns.run, ns.store, ns.seed, ns.version, ns.created_at)
+    out = do_export(ctx, ns, ns.run, ns.store, ns.seed)
     print(json.dumps(out, indent=1))
     return 0
 
@@ -269,7 +273,7 @@ def cmd_fit(ns) -> int:
     groups = res["groups"]
     do_train(ctx, run, groups)
     rep = do_evaluate(ctx, ns, run, groups)
-    out = do_export(ctx, run, ns.store, ctx.train.seed, ns.version, ns.created_at)
+    out = do_export(ctx, ns, run, ns.store, ctx.train.seed)
     minutes = (time.time() - t0) / 60
     v = rep["variants"]
     summary = {"groups": groups, "minutes": round(minutes, 2),

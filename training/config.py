@@ -35,7 +35,9 @@ class SynthConfig:
 class SplitConfig:
     split_seed: int = opt(1234, "seed of the fixed test/validation split (independent of the training seed)")
     test_frac: float = opt(0.5, "fraction of each (domain, label) folder held out for testing")
-    val_per_class: int = opt(4, "validation images per label (threshold calibration, never trained on)")
+    val_per_class: int = opt(4, "validation images per label (recipe choices, never trained on)")
+    val_frac: float = opt(0.0, "fraction of each label folder for validation instead of --val-per-class "
+                               "(ImageFolder data with many images; 0: use --val-per-class)")
     shots: int = opt(4, "training images per label per domain: the few-shot regime grouping is for")
 
 
@@ -77,6 +79,24 @@ class EvalConfig:
     seeds: list = opt([0, 1, 2], "training seeds; the report gives mean ± sd over them", nargs="+", type=int)
     variants: list = opt(["zero_shot", "private_only", "all_shared", "group_private", "global_group_private"],
                          "variants to evaluate", nargs="+")
+
+
+@dataclass
+class DecisionConfig:
+    max_false_flag: float = opt(0.05, "target: largest benign false-flag rate")
+    false_flag_confidence: float = opt(0.8, "probability, over the calibration sample, that the fitted threshold "
+                                            "keeps benign false flags at or under --max-false-flag")
+    review_target: float = opt(0.95, "target: share of unsafe images caught by flag or review")
+    review_budget: float = opt(0.5, "at most this share of all images goes to review (caps --review-target)")
+    scope_keep: float = opt(0.95, "share of in-domain images kept in scope (the out-of-scope cut)")
+    scope_signals: list = opt(["mahalanobis"], "out-of-scope signals: mahalanobis (image feature far from the "
+                                               "domain's calibration images) and/or neglabel (label mass vs negatives)",
+                              nargs="+")
+    scope_bank: int = opt(256, "largest number of calibration image features stored in a bundle (fp16)")
+    negatives: int = opt(256, "negative labels kept per domain, mined from open_clip's ImageNet class names")
+    negative_template: str = opt("a photo of a {}.", "prompt text of a negative label")
+    ood_seed: int = opt(0, "seed of the OOD probe set the manifest's OOD rates are measured on")
+    ood_per_kind: int = opt(40, "OOD probe images per kind (noise, flat, gradient, text, screen, pattern, shapes)")
 
 
 @dataclass

@@ -5,8 +5,9 @@ display name: ``{"labels": [{"name": "knife", "prompt": "a photo of a knife.", "
 Without it, labels are the folder names and prompts use ``a photo of a {name}.``
 
 Splits: every (domain, label) folder is sorted and shuffled with a fixed split seed, then
-cut into test (a fraction), validation (a count) and a training pool. A training seed picks
-`shots` images per label from the pool, so test and validation never depend on the seed.
+cut into test (a fraction), validation (a count, or a fraction) and a training pool. A training
+seed picks `shots` images per label from the pool, so test and validation never depend on the
+seed. Decision calibration uses validation plus the pool images the exported seed left unused.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ class DomainData:
     @property
     def prompts(self) -> list[str]:
         return [lab.prompt for lab in self.labels]
+
+    def calibration(self, k: int, seed: int) -> list[tuple[Path, int]]:
+        """Decision calibration images: validation plus the pool images training seed `seed` left unused."""
+        used = set(self.shots(k, seed))
+        return self.val + [it for it in self.train_pool if it not in used]
 
     def shots(self, k: int, seed: int) -> list[tuple[Path, int]]:
         """`k` training images per label, chosen by `seed` (all of the pool if it has fewer)."""
@@ -84,7 +90,7 @@ def _read_labels(folder: Path, names: list[str]) -> list[Label]:
 
 
 def load_tasks(data: Path | str, split_seed: int = 1234, test_frac: float = 0.5, val_per_class: int = 4,
-               domains: list[str] | None = None) -> TaskData:
+               domains: list[str] | None = None, val_frac: float = 0.0) -> TaskData:
     """Scan an ImageFolder-per-domain tree and split it deterministically."""
     root = Path(data)
     if not root.is_dir():
@@ -105,10 +111,11 @@ def load_tasks(data: Path | str, split_seed: int = 1234, test_frac: float = 0.5,
             files = sorted(p for p in (folder / lname).iterdir() if p.suffix.lower() in IMAGE_EXTS)
             random.Random(f"split:{split_seed}:{dname}:{lname}").shuffle(files)
             n_test = max(1, round(test_frac * len(files)))
+            n_val = round(val_frac * len(files)) if val_frac > 0 else val_per_class
             dom.test += [(f, li) for f in files[:n_test]]
-            dom.val += [(f, li) for f in files[n_test:n_test + val_per_class]]
-            dom.train_pool += [(f, li) for f in files[n_test + val_per_class:]]
-            if len(files) <= n_test + val_per_class:
+            dom.val += [(f, li) for f in files[n_test:n_test + n_val]]
+            dom.train_pool += [(f, li) for f in files[n_test + n_val:]]
+            if len(files) <= n_test + n_val:
                 log.warning("%s/%s has %d images: no training pool left after test+val", dname, lname, len(files))
         if not dom.train_pool:
             raise ValueError(f"domain {dname!r} has no image left for training after the test split "

@@ -83,8 +83,9 @@ _item["description"] = "an item without `image` or `domain` fails alone with sta
 async def _classify_one(state: ServiceState, snapshot: Snapshot, data: bytes, domain: str, t0: float) -> dict:
     entry = lookup(snapshot, domain)
     pixels = await state.decoder.decode(data)
-    scores, probs = await state.engine.classify(pixels, entry, snapshot)
-    result = build_result(entry, scores, probs, model=state.model_name, review_margin=state.settings.review_margin,
+    row = await state.engine.classify(pixels, entry, snapshot)
+    result = build_result(entry, row, model=state.model_name, review_margin=state.settings.review_margin,
+                          review_out_of_scope=state.settings.review_out_of_scope,
                           latency_ms=(time.perf_counter() - t0) * 1000.0)
     state.metrics.images.labels(entry.domain).inc()
     if result["flagged"]:
@@ -210,10 +211,11 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
             return _item_error(i, item)
         entry, pixels = item
         try:
-            scores, probs = await state.engine.classify(pixels, entry, snapshot)
+            row = await state.engine.classify(pixels, entry, snapshot)
         except ApiError as e:
             return _item_error(i, e)
-        result = build_result(entry, scores, probs, model=state.model_name, review_margin=s.review_margin,
+        result = build_result(entry, row, model=state.model_name, review_margin=s.review_margin,
+                              review_out_of_scope=s.review_out_of_scope,
                               latency_ms=(time.perf_counter() - t0) * 1000.0)
         state.metrics.images.labels(entry.domain).inc()
         if result["flagged"]:

@@ -17,9 +17,10 @@ async def domains(state: StateDep) -> dict:
         "model": state.model_name,
         "domains": [
             {"domain": e.domain, "version": e.version, "group": e.group,
-             "labels": [{"name": lab.name, "prompt": lab.prompt, "unsafe": lab.unsafe, "threshold": lab.threshold}
-                        for lab in e.labels],
-             "metrics": e.metrics, "sha256": e.sha256, "created_at": e.created_at, "loaded_at": e.loaded_at,
+             "labels": [{"name": lab.name, "prompt": lab.prompt, "unsafe": lab.unsafe, "threshold": lab.threshold,
+                         "calibrated": rule.platt is not None and not e.rule.legacy}
+                        for lab, rule in zip(e.labels, e.rule.labels, strict=True)],
+             "metrics": e.metrics, "decision": e.decision, "sha256": e.sha256, "created_at": e.created_at, "loaded_at": e.loaded_at,
              "prompt": e.prompt}
             for e in (snapshot.domains[d] for d in snapshot.known())
         ],

@@ -1,0 +1,260 @@
+"""Image features + a domain's text bank + its calibration -> scores, probabilities, decisions (DESIGN §11).
+
+The one place the decision rule lives: training's evaluation and export, the service and the
+backlog scorer all call it.
+
+Per image of a domain with C labels:
+
+* ``score``: cosine similarity to each label prompt, (C,);
+* ``softmax``: the closed-set softmax of ``logit_scale * score`` over the labels;
+* ``probability``: calibrated one-vs-rest: ``sigmoid(a * z + b)`` per label, where ``z`` is the
+  log-probability of the label in a softmax over the labels *and* the domain's negative labels
+  (NegLabel), so that an image none of the labels describe puts its mass on the negatives;
+* ``scope_score``: minus the Mahalanobis distance (squared, per dimension) of the image feature
+  to the nearest class mean of the domain's calibration images (the bundle's ``scope.bank`` and
+  ``scope.labels``), with one Ledoit-Wolf shrunk covariance shared by the classes: an
+  in-distribution score fitted without OOD data (Lee et al., 2018);
+* ``label_mass``: the probability mass the labels keep against the negatives (NegLabel's score).
+
+Rule: out of scope when ``scope_score`` or ``label_mass`` is below its cut. ``flagged`` = in scope
+and an unsafe label's probability at or above its threshold. ``needs_review`` = not flagged, in
+scope, and the largest unsafe probability at or above the review threshold; or out of scope
+when the caller asks for out-of-scope review.
+
+Bundles written before calibration existed carry no ``decision`` in their manifest: they keep
+the old rule (closed-set softmax against each label's threshold, review within a margin below
+it, everything in scope).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+# ------------------------------------------------------------------------------------------ banks
+@dataclass(frozen=True)
+class DomainBank:
+    """One domain's reference tensors."""
+
+    labels: Tensor  # (C, E) normalised label prompt embeddings through the domain's text prompts
+    negatives: Tensor  # (M, E) normalised negative label embeddings, the same prompts; M may be 0
+    scope: Tensor  # (K, E) calibration image features through the domain's vision prompts; K may be 0
+    scope_labels: Tensor  # (K,) label index of each scope row
+
+
+@dataclass(frozen=True)
+class ScopeModel:
+    """Class means and a shared whitening of a domain's calibration features: d^2 = |W f - W mu_c|^2."""
+
+    whiten: Tensor  # (E, E)
+    means: Tensor  # (C', E) whitened class means
+
+    @classmethod
+    def fit(cls, feats: Tensor, labels: Tensor) -> ScopeModel | None:
+        """Ledoit-Wolf shrunk covariance of the class-centred features (None without enough rows)."""
+        classes = labels.unique()
+        if len(feats) < 2 * len(classes) or len(classes) == 0:
+            return None
+        x = feats.double()
+        means = torch.stack([x[labels == c].mean(0) for c in classes])  # (C', E)
+        centred = x - means[torch.searchsorted(classes, labels)]
+        n, p = centred.shape
+        cov = centred.T @ centred / n
+        mu = cov.diagonal().mean()
+        d2 = ((cov - mu * torch.eye(p, dtype=x.dtype)) ** 2).sum()
+        b2 = ((centred ** 2).sum(1) ** 2).sum() / n ** 2 - (cov ** 2).sum() / n
+        shrink = float(min(b2, d2) / d2) if d2 > 0 else 1.0
+        cov = (1 - shrink) * cov + shrink * mu * torch.eye(p, dtype=x.dtype)
+        evals, evecs = torch.linalg.eigh(cov)
+        whiten = (evecs / evals.clamp(min=1e-12).sqrt()).T  # (E, E): W cov W^T = I
+        return cls(whiten.float(), (means @ whiten.T).float())
+
+    def score(self, feats: Tensor) -> Tensor:
+        """(N,) minus the squared whitened distance to the nearest class mean, per dimension."""
+        g = feats.float() @ self.whiten.to(feats.device).T  # (N, E)
+        d2 = torch.cdist(g, self.means.to(feats.device)).pow(2).min(1).values
+        return -d2 / g.shape[1]
+
+
+def _pad(rows: Sequence[Tensor], dim: int, device) -> tuple[Tensor, Tensor]:
+    """Stack (n_i, E) tensors into (T, max n, E) zeros-padded, plus (T,) counts."""
+    n = max([r.shape[0] for r in rows] + [1])
+    out = torch.zeros(len(rows), n, dim, device=device)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r.to(device, torch.float32)
+    return out, torch.tensor([r.shape[0] for r in rows], device=device)
+
+
+@dataclass(frozen=True)
+class Banks:
+    """Every served domain's banks, padded so that one batch of mixed domains is scored at once."""
+
+    labels: Tensor  # (T, Cmax, E)
+    label_counts: Tensor  # (T,)
+    negatives: Tensor  # (T, Mmax, E)
+    negative_counts: Tensor  # (T,)
+    scopes: tuple[ScopeModel | None, ...]  # per domain; None: no scope bank (always in scope)
+
+    @classmethod
+    def stack(cls, banks: Sequence[DomainBank], device=None) -> Banks:
+        dim = banks[0].labels.shape[1]
+        device = device or banks[0].labels.device
+        lab, lc = _pad([b.labels for b in banks], dim, device)
+        neg, nc = _pad([b.negatives for b in banks], dim, device)
+        scopes = tuple(ScopeModel.fit(b.scope.float().cpu(), b.scope_labels.cpu()) for b in banks)
+        scopes = tuple(s if s is None else ScopeModel(s.whiten.to(device), s.means.to(device)) for s in scopes)
+        return cls(lab, lc, neg, nc, scopes)
+
+
+@dataclass
+class BatchScores:
+    """Raw scores of a batch, each row scored against its own domain (padded columns are invalid)."""
+
+    cosine: Tensor  # (B, Cmax)
+    softmax: Tensor  # (B, Cmax) closed-set, 0 on padding
+    label_logp: Tensor  # (B, Cmax) log-probability over labels + negatives, -inf on padding
+    label_mass: Tensor  # (B,) probability mass on the labels against the negatives (1 without negatives)
+    scope: Tensor  # (B,) scope score under the domain's ScopeModel (+inf without a scope bank)
+    counts: Tensor  # (B,) label count per row
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Plain Python values of row i, trimmed to its labels."""
+        c = int(self.counts[i])
+        return {"cosine": self.cosine[i, :c].tolist(), "softmax": self.softmax[i, :c].tolist(),
+                "label_logp": self.label_logp[i, :c].tolist(), "label_mass": float(self.label_mass[i]),
+                "scope": float(self.scope[i])}
+
+    def rows(self) -> list[dict[str, Any]]:
+        cpu = BatchScores(*(t.detach().float().cpu() for t in (self.cosine, self.softmax, self.label_logp,
+                                                               self.label_mass, self.scope)), self.counts.cpu())
+        return [cpu.row(i) for i in range(cpu.cosine.shape[0])]
+
+
+def _valid(counts: Tensor, width: int) -> Tensor:
+    return torch.arange(width, device=counts.device)[None, :] < counts[:, None]  # (B, width)
+
+
+def label_cosines(feats: Tensor, labels: Tensor, counts: Tensor) -> Tensor:
+    """(B, Cmax) cosine of each image to its own domain's labels; -inf past a domain's label count.
+
+    Args:
+        feats: (B, E) normalised image features.
+        labels: (B, Cmax, E) normalised label embeddings of each sample's domain.
+        counts: (B,) labels per sample's domain.
+    """
+    cos = torch.einsum("be,bce->bc", feats.to(labels.dtype), labels)
+    return cos.masked_fill(~_valid(counts, cos.shape[1]), NEG_INF)
+
+
+def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -> BatchScores:
+    """Score a mixed-domain batch: `feats` (B, E) normalised, `rows` (B,) each sample's index into `banks`."""
+    feats = feats.float()
+    counts = banks.label_counts.index_select(0, rows)
+    cos = label_cosines(feats, banks.labels.index_select(0, rows), counts)  # (B, Cmax)
+    z_lab = logit_scale * cos
+    neg = torch.einsum("be,bme->bm", feats, banks.negatives.index_select(0, rows))  # (B, Mmax)
+    z_neg = (logit_scale * neg).masked_fill(~_valid(banks.negative_counts.index_select(0, rows), neg.shape[1]),
+                                            NEG_INF)
+    log_all = torch.logsumexp(torch.cat([z_lab, z_neg], 1), 1, keepdim=True)  # (B, 1)
+    label_logp = z_lab - log_all
+    mass = torch.logsumexp(z_lab, 1, keepdim=True).sub(log_all).exp().squeeze(1)
+    return BatchScores(cos.masked_fill(cos == NEG_INF, 0.0), z_lab.softmax(1), label_logp, mass,
+                       scope_scores(feats, rows, banks), counts)
+
+
+def scope_scores(feats: Tensor, rows: Tensor, banks: Banks) -> Tensor:
+    """(B,) each sample's scope score under its own domain's ScopeModel (+inf: the domain has none).
+
+    One matrix product per distinct domain in the batch, not per sample.
+    """
+    out = torch.full((feats.shape[0],), math.inf, device=feats.device)
+    for r in rows.unique().tolist():
+        model = banks.scopes[r]
+        if model is not None:
+            idx = (rows == r).nonzero().flatten()
+            out[idx] = model.score(feats.index_select(0, idx))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ rule
+@dataclass(frozen=True)
+class LabelRule:
+    name: str
+    unsafe: bool
+    threshold: float  # flag at or above this probability
+    platt: tuple[float, float] | None  # (a, b): probability = sigmoid(a * label_logp + b); None: uncalibrated
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """A domain's decision rule, read from its manifest (see `from_manifest`)."""
+
+    labels: tuple[LabelRule, ...]
+    review_threshold: float | None = None  # None: legacy margin band below each threshold
+    scope_cut: float = NEG_INF  # out of scope below this scope_score
+    mass_cut: float = 0.0  # out of scope below this label_mass
+    legacy: bool = False  # a bundle from before calibration: closed-set softmax, margin review, all in scope
+
+    @classmethod
+    def from_manifest(cls, labels: Sequence[Any], decision: dict[str, Any] | None) -> DecisionRule:
+        """`labels`: objects with name, unsafe, threshold and optional calibration {"a", "b"}."""
+        rules = tuple(LabelRule(lab.name, bool(lab.unsafe), float(lab.threshold), _platt(lab)) for lab in labels)
+        if not decision:
+            return cls(rules, legacy=True)
+        scope = decision.get("scope", {})
+        return cls(rules, review_threshold=float(decision["review_threshold"]),
+                   scope_cut=float(NEG_INF if scope.get("cut") is None else scope["cut"]), mass_cut=float(scope.get("mass_cut", 0.0)))
+
+
+def _platt(label: Any) -> tuple[float, float] | None:
+    cal = getattr(label, "calibration", None)
+    return (float(cal["a"]), float(cal["b"])) if cal else None
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def probabilities(row: dict[str, Any], rule: DecisionRule) -> list[float]:
+    """Per-label probability: calibrated where the label has Platt parameters, else the closed-set softmax."""
+    out = []
+    for lab, z, p in zip(rule.labels, row["label_logp"], row["softmax"], strict=True):
+        out.append(_sigmoid(lab.platt[0] * z + lab.platt[1]) if lab.platt and not rule.legacy else p)
+    return out
+
+
+def decide(row: dict[str, Any], rule: DecisionRule, *, review_out_of_scope: bool = False,
+           review_margin: float = 0.1) -> dict[str, Any]:
+    """One image's decision from its scores row (`BatchScores.row`).
+
+    Returns labels in the rule's order (each: label, score, softmax, probability, threshold,
+    unsafe, flagged, calibrated), plus in_scope, scope_score, label_mass, top_label, flagged,
+    needs_review.
+    """
+    probs = probabilities(row, rule)
+    in_scope = rule.legacy or (row["scope"] >= rule.scope_cut and row["label_mass"] >= rule.mass_cut)
+    labels, flagged, review = [], False, False
+    worst = 0.0  # largest unsafe probability
+    for lab, s, sm, p in zip(rule.labels, row["cosine"], row["softmax"], probs, strict=True):
+        hit = in_scope and lab.unsafe and p >= lab.threshold
+        flagged |= hit
+        if lab.unsafe:
+            worst = max(worst, p)
+            if rule.legacy:
+                review |= not hit and p >= lab.threshold - review_margin
+        labels.append({"label": lab.name, "score": s, "softmax": sm, "probability": p, "threshold": lab.threshold,
+                       "unsafe": lab.unsafe, "flagged": hit, "calibrated": lab.platt is not None and not rule.legacy})
+    if not rule.legacy:  # the legacy rule may flag one label and send another to review
+        review = not flagged and ((in_scope and worst >= rule.review_threshold)
+                                  or (review_out_of_scope and not in_scope))
+    top = max(range(len(labels)), key=lambda i: row["cosine"][i])
+    return {"labels": labels, "in_scope": in_scope, "scope_score": row["scope"], "label_mass": row["label_mass"],
+            "top_label": labels[top]["label"] if in_scope else None, "flagged": flagged, "needs_review": review}

@@ -1,0 +1,189 @@
+"""Fit a domain's decision rule on held-out calibration images (DESIGN §11); never on test.
+
+* Per-label probabilities: Platt scaling one-vs-rest of the label's log-probability among the
+  labels and the negative labels, with Platt's prior-corrected targets (robust at 16 positives).
+* In scope: conformal cuts on in-domain images only. The scope score of each calibration image
+  comes from a model fitted without its fold (cross-fitting), so the cut keeps at least
+  `scope_keep` of fresh in-domain images in expectation.
+* Flag threshold: one cut on the calibrated probability shared by the domain's unsafe labels,
+  chosen on the benign calibration images so that, with probability `false_flag_confidence`
+  over the calibration sample, the benign false-flag rate on fresh images is at most the
+  target: the cut flags the largest k benign calibration images with P(Binomial(n, target) <= k)
+  <= 1 - confidence (a binomial tolerance bound; at n = 64, target 0.05, confidence 0.8: k = 1).
+* Review threshold: the highest cut that sends enough unsafe images to review to reach the
+  review target (caught = flagged or reviewed), capped by the review budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from promptclip.decisions import NEG_INF, BatchScores, ScopeModel
+
+from .config import DecisionConfig
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> dict:
+    """A rate with its 95% Wilson score interval."""
+    if n == 0:
+        return {"rate": None, "lo": None, "hi": None, "n": 0}
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return {"rate": round(p, 4), "lo": round(max(0.0, mid - half), 4), "hi": round(min(1.0, mid + half), 4), "n": n}
+
+
+def fit_platt(z: Tensor, positive: Tensor, iters: int = 100) -> tuple[float, float]:
+    """Platt's sigmoid(a * z + b): Newton's method with backtracking on the prior-corrected targets.
+
+    z: (N,) scores; positive: (N,) bool. Targets (N+ + 1)/(N+ + 2) and 1/(N- + 2) keep the
+    fit finite when the classes separate, as they do for easy labels (Lin, Lin and Weng, 2007).
+    """
+    z = z.detach().double().clamp(min=-60.0)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    t = torch.where(positive, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2)).double()
+    x = torch.stack([z, torch.ones_like(z)], 1)  # (N, 2)
+
+    def loss(w: Tensor) -> float:
+        f = x @ w
+        return float((torch.nn.functional.softplus(f) - t * f).sum())  # cross-entropy with soft targets
+
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    for _ in range(iters):
+        p = torch.sigmoid(x @ w)
+        grad = x.T @ (p - t)
+        hess = x.T @ (x * (p * (1 - p))[:, None]) + 1e-8 * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        f0, lr = loss(w), 1.0
+        while lr > 1e-10 and loss(w - lr * step) > f0 - 1e-4 * lr * float(grad @ step):
+            lr /= 2
+        w = w - lr * step
+        if float((lr * step).abs().max()) < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def allowed_false_flags(n: int, target: float, confidence: float) -> int:
+    """Largest k with P(Binomial(n, target) <= k) <= 1 - confidence; -1 when even k = 0 is too many."""
+    cdf, k = 0.0, -1
+    for j in range(n + 1):
+        cdf += math.comb(n, j) * target ** j * (1 - target) ** (n - j)
+        if cdf > 1 - confidence:
+            break
+        k = j
+    return k
+
+
+def conformal_lower_cut(scores: Tensor, alpha: float) -> float:
+    """A cut keeping >= 1 - alpha of fresh in-distribution scores (split conformal, lower tail)."""
+    s = scores.double().sort().values
+    k = math.floor(alpha * (len(s) + 1))  # this many calibration scores may fall below the cut
+    if k <= 0:
+        return NEG_INF
+    return float((s[k - 1] + s[k]) / 2) if k < len(s) else float(s[-1])
+
+
+def upper_cut(scores: Tensor, allowed: int) -> float:
+    """The lowest cut with at most `allowed` of `scores` at or above it (midway between neighbours)."""
+    s = scores.double().sort(descending=True).values
+    s = s[torch.isfinite(s)]
+    if allowed >= len(s):
+        return 0.0
+    if allowed <= 0:
+        return float(s[0]) + 1e-6
+    return float((s[allowed - 1] + s[allowed]) / 2)
+
+
+def cross_fit_scope(feats: Tensor, labels: Tensor, bank_rows: Tensor, folds: int = 4) -> Tensor:
+    """(N,) scope score of each calibration image from a ScopeModel fitted without the image's fold.
+
+    feats: (N, E) as the service computes them; labels: (N,); bank_rows: indices of the rows the
+    bundle stores (fp16). Scores are honest (never in-sample), so the conformal cut holds on fresh images.
+    """
+    fold = torch.arange(len(feats)) % folds
+    in_bank = torch.zeros(len(feats), dtype=torch.bool)
+    in_bank[bank_rows] = True
+    stored = feats.half().float()
+    out = torch.empty(len(feats))
+    for f in range(folds):
+        fit = in_bank & (fold != f)
+        model = ScopeModel.fit(stored[fit], labels[fit])
+        out[fold == f] = model.score(feats[fold == f]) if model is not None else math.inf
+    return out
+
+
+@dataclass
+class FittedRule:
+    calibrations: list[dict]  # per label: {"method", "a", "b", "n_pos", "n"}
+    threshold: float  # shared flag cut on the calibrated probability of unsafe labels
+    decision: dict  # the manifest's `decision`
+
+
+def _unsafe_max(probs: Tensor, unsafe: Tensor) -> Tensor:
+    return probs.masked_fill(~unsafe[None, :], NEG_INF).max(1).values  # (N,)
+
+
+def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg: DecisionConfig) -> FittedRule:
+    """Fit one domain's rule on its calibration images.
+
+    scores: the images scored against the domain (one row each); scope: (N,) cross-fitted scope
+    scores; y: (N,) label index; unsafe: (C,) bool per label.
+    """
+    c = len(unsafe)
+    z = scores.label_logp[:, :c]
+    cal = []
+    for li in range(c):
+        a, b = fit_platt(z[:, li], y == li)
+        cal.append({"method": "platt", "a": round(a, 6), "b": round(b, 6), "n_pos": int((y == li).sum()),
+                    "n": len(y)})
+    a = torch.tensor([d["a"] for d in cal], dtype=torch.float64)
+    b = torch.tensor([d["b"] for d in cal], dtype=torch.float64)
+    probs = torch.sigmoid(a * z.double() + b)  # (N, C), as promptclip.decisions computes them
+    signals = set(cfg.scope_signals)
+    alpha = (1 - cfg.scope_keep) / max(1, len(signals))
+    cut = conformal_lower_cut(scope, alpha) if "mahalanobis" in signals else NEG_INF
+    mass_cut = conformal_lower_cut(scores.label_mass, alpha) if "neglabel" in signals else 0.0
+    in_scope = (scope >= cut) & (scores.label_mass >= mass_cut)
+    u = _unsafe_max(probs, unsafe).masked_fill(~in_scope, NEG_INF)
+    is_unsafe = unsafe[y]
+    benign = u[~is_unsafe]
+    allowed = allowed_false_flags(len(benign), cfg.max_false_flag, cfg.false_flag_confidence)
+    t = upper_cut(benign, allowed)
+    r, review_met = _review_cut(u, is_unsafe, t, cfg)
+    decision = {
+        "rule": "flag: in scope and an unsafe label's calibrated probability >= its threshold; review: not "
+                "flagged, in scope and the largest unsafe probability >= review_threshold",
+        "targets": {"max_false_flag": cfg.max_false_flag, "false_flag_confidence": cfg.false_flag_confidence,
+                    "review_target": cfg.review_target,
+                    "review_budget": cfg.review_budget, "scope_keep": cfg.scope_keep},
+        "review_threshold": round(r, 6),
+        "scope": {"signals": sorted(signals), "cut": round(cut, 6) if cut > NEG_INF else None,
+                  "mass_cut": round(mass_cut, 6), "bank_size": None},
+        "calibration_split": {"images": len(y), "benign": int((~is_unsafe).sum()), "unsafe": int(is_unsafe.sum()),
+                              "benign_flags_allowed": max(0, allowed)},
+        "targets_met": {"max_false_flag": allowed >= 0, "review_target": review_met},
+    }
+    return FittedRule(cal, round(t, 6), decision)
+
+
+def _review_cut(u: Tensor, is_unsafe: Tensor, t: float, cfg: DecisionConfig) -> tuple[float, bool]:
+    """Review threshold <= t reaching `review_target` of unsafe images caught, within `review_budget`."""
+    pos = u[is_unsafe]
+    finite = pos[torch.isfinite(pos)].double().sort(descending=True).values
+    need = math.ceil(cfg.review_target * len(pos))
+    if need == 0:
+        return t, True
+    r_target = float(finite[need - 1]) if need <= len(finite) else (float(finite[-1]) if len(finite) else t)
+    met = need <= len(finite)
+    # budget: at most review_budget of all calibration images in [r, t)
+    band = u[(u < t) & torch.isfinite(u)].double().sort(descending=True).values
+    max_review = math.floor(cfg.review_budget * len(u))
+    r_budget = float(band[max_review - 1]) if 0 < max_review <= len(band) else (NEG_INF if max_review > 0 else t)
+    r = max(r_target, r_budget) if max_review < len(band) else r_target
+    met = met and r <= r_target
+    return min(r, t), met

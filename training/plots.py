@@ -1,0 +1,109 @@
+"""Decision plots and tables beside report.md: per domain, unsafe vs benign and in vs out of scope."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .config import DecisionConfig
+
+
+def _unsafe_score(d: dict) -> float:
+    """The flagging score: largest unsafe probability, 0 when out of scope (never flagged)."""
+    return max((lab["probability"] for lab in d["labels"] if lab["unsafe"]), default=0.0) if d["in_scope"] else 0.0
+
+
+def roc(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) over every cut, highest first."""
+    cuts = np.unique(np.concatenate([pos, neg]))[::-1]
+    fpr = np.array([0.0] + [(neg >= c).mean() for c in cuts])
+    tpr = np.array([0.0] + [(pos >= c).mean() for c in cuts])
+    return fpr, tpr
+
+
+def pr(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) over every cut."""
+    cuts = np.unique(np.concatenate([pos, neg]))[::-1]
+    tp = np.array([(pos >= c).sum() for c in cuts], dtype=float)
+    fp = np.array([(neg >= c).sum() for c in cuts], dtype=float)
+    return tp / max(1, len(pos)), tp / np.maximum(1, tp + fp)
+
+
+def auc(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.trapezoid(y, x)) if hasattr(np, "trapezoid") else float(np.trapz(y, x))
+
+
+def decision_plots(curves: dict[str, dict], out_dir: Path) -> list[Path]:
+    """One PNG per domain: ROC and PR of unsafe vs benign, ROC of in vs out of scope, operating points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dom, c in curves.items():
+        unsafe = np.array(c["unsafe"])[np.array(c["test_y"])]
+        u = np.array([_unsafe_score(d) for d in c["test"]])
+        flag = np.array([d["flagged"] for d in c["test"]])
+        caught = np.array([d["flagged"] or d["needs_review"] for d in c["test"]])
+        ood = [d for items in c["ood"].values() for d in items]
+        s_in = np.array([d["scope_score"] for d in c["test"]])
+        s_out = np.array([d["scope_score"] for d in ood])
+        fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+        fpr, tpr = roc(u[unsafe], u[~unsafe])
+        ax[0].plot(fpr, tpr, lw=1.5, label=f"AUC {auc(fpr, tpr):.2f}")
+        ax[0].plot([flag[~unsafe].mean()], [flag[unsafe].mean()], "o", color="C3", label="flag threshold")
+        ax[0].plot([caught[~unsafe].mean()], [caught[unsafe].mean()], "s", color="C2", label="flag or review")
+        ax[0].set(title=f"{dom}: unsafe vs benign (test)", xlabel="benign flagged (FPR)", ylabel="unsafe recall")
+        rec, prec = pr(u[unsafe], u[~unsafe])
+        ax[1].plot(rec, prec, lw=1.5)
+        tp = (flag & unsafe).sum()
+        ax[1].plot([flag[unsafe].mean()], [tp / max(1, flag.sum())], "o", color="C3", label="flag threshold")
+        ax[1].set(title="precision-recall, unsafe", xlabel="recall", ylabel="precision", ylim=(0, 1.02))
+        fpr, tpr = roc(s_in, s_out) if len(s_out) else (np.array([0, 1]), np.array([0, 1]))
+        ax[2].plot(fpr, tpr, lw=1.5, label=f"AUC {auc(fpr, tpr):.2f}")
+        ins = np.array([d["in_scope"] for d in c["test"]])
+        oins = np.array([d["in_scope"] for d in ood])
+        ax[2].plot([oins.mean() if len(oins) else 0], [ins.mean()], "o", color="C3", label="scope cut")
+        ax[2].set(title="in scope (test) vs OOD probe", xlabel="OOD kept in scope", ylabel="in-domain kept")
+        for a in ax:
+            a.grid(alpha=0.3)
+            a.legend(loc="lower right", fontsize=8)
+        for a in (ax[0], ax[2]):
+            a.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
+        fig.tight_layout()
+        path = out_dir / f"{dom}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _cell(r: dict) -> str:
+    return "n/a" if r["rate"] is None else f"{r['rate']:.3f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+
+def decisions_markdown(out: dict[str, dict], cfg: DecisionConfig) -> str:
+    """Per-domain decision rates on the test split and the OOD probe set, 95% Wilson intervals."""
+    lines = [f"# Decisions on the held-out test split (targets: benign false flags <= {cfg.max_false_flag}, "
+             f"caught >= {cfg.review_target} within a review budget of {cfg.review_budget}, "
+             f"{cfg.scope_keep:.0%} of in-domain images in scope)", "",
+             "Rates with 95% Wilson intervals. OOD: the project's probe set (every kind pooled).", "",
+             "| domain | accuracy | false flags (benign) | recall (unsafe flagged) | caught (flag or review) | "
+             "review rate | in scope | OOD flagged | OOD in scope | targets met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for dom, o in out.items():
+        r = o["rates"]
+        met = r["calibration_targets_met"]
+        lines.append(f"| {dom} | {r['accuracy']:.3f} | " + " | ".join(_cell(r[k]) for k in (
+            "benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "in_scope", "ood_flagged",
+            "ood_in_scope")) + " | " + ", ".join(k for k, v in met.items() if v) + " |")
+    lines += ["", "OOD flagged by kind:", "", "| domain | " + " | ".join(next(iter(out.values()))["rates"][
+        "ood_flagged_by_kind"]) + " |", "|---|" + "---|" * len(next(iter(out.values()))["rates"][
+            "ood_flagged_by_kind"])]
+    for dom, o in out.items():
+        lines.append(f"| {dom} | " + " | ".join(f"{v['rate']:.3f}" for v in o["rates"]["ood_flagged_by_kind"].values())
+                     + " |")
+    return "\n".join(lines)
