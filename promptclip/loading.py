@@ -282,7 +282,7 @@ def _load_tokenizer(model_name: str, spec: ModelSpec) -> Callable:
     text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
     source = spec.tokenizer or text_cfg.get("hf_tokenizer_name")
     try:
-        if spec.tokenizer is None:
+        if not spec.tokenizer:
             return open_clip.get_tokenizer(model_name, cache_dir=spec.cache_dir)
         if not Path(spec.tokenizer).is_dir():
             raise FileNotFoundError(f"tokenizer directory {spec.tokenizer!r} does not exist")

@@ -65,7 +65,7 @@ async def _startup(st: ServiceState) -> None:
     if s.torch_threads:
         torch.set_num_threads(s.torch_threads)
     spec = ModelSpec(model=s.model, pretrained=s.pretrained, device=s.resolved_device(),
-                     precision=s.resolved_precision())
+                     precision=s.resolved_precision(), tokenizer=s.tokenizer)
     log.info("loading CLIP model=%s pretrained=%s device=%s precision=%s", spec.model, spec.pretrained,
              spec.device, spec.precision)
     try:

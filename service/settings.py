@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     pretrained: str | None = Field("embedded", description="'embedded', an open_clip tag, a local checkpoint")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, else fp32")
+    tokenizer: str | None = Field(None, description="local Hugging Face tokenizer directory for towers whose "
+                                                    "tokenizer open_clip downloads (SigLIP); needs the [hf] extra")
     store_dir: Path = Field(Path("prompts_store"), description="bundle store root (read only)")
     # --- HTTP
     host: str = "127.0.0.1"  # 0.0.0.0 in the container

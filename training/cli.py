@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--data", required=True, type=Path, help="DATA directory (ImageFolder per domain)")
             s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all folders)")
         add_config(s, ModelConfig)
+        s.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory, for towers whose tokenizer open_clip downloads (SigLIP); needs the [hf] extra")
         add_config(s, SplitConfig)
         add_config(s, PromptSizes)
         add_config(s, TrainConfig)
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, type=Path, help="RUN directory")
     s.add_argument("--store", required=True, type=Path, help="bundle store root")
     s.add_argument("--data", type=Path, default=None, help="DATA directory (default: the one RUN was trained on)")
+    s.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the one RUN was trained with)")
     add_config(s, ExportConfig)
     add_config(s, DecisionConfig)
 
@@ -151,7 +153,8 @@ class Context:
         self.split = read_config(ns, SplitConfig)
         self.sizes = read_config(ns, PromptSizes)
         self.train = read_config(ns, TrainConfig)
-        self.clip, self.encoder = load_encoder(self.model_cfg, self.dist)
+        self.tokenizer = getattr(ns, "tokenizer", None)
+        self.clip, self.encoder = load_encoder(self.model_cfg, self.dist, self.tokenizer)
         self.data = load_tasks(data, self.split.split_seed, self.split.test_frac, self.split.val_per_class,
                                getattr(ns, "domains", None), self.split.val_frac)
         self.cache = ImageCache(self.clip.preprocess)
@@ -159,7 +162,8 @@ class Context:
 
     def save_run_json(self, run: Path) -> None:
         run.mkdir(parents=True, exist_ok=True)
-        info = {"data": str(self.data_dir.resolve()), "model": to_dict(self.model_cfg), "split": to_dict(self.split),
+        info = {"data": str(self.data_dir.resolve()), "model": to_dict(self.model_cfg), "tokenizer": self.tokenizer,
+                "split": to_dict(self.split),
                 "prompt": to_dict(self.sizes), "train": to_dict(self.train), "tasks": self.data.tasks}
         (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
 
@@ -250,7 +254,7 @@ def cmd_evaluate(ns) -> int:
 def cmd_export(ns) -> int:
     run_info = json.loads((ns.run / "run.json").read_text())
     ns2 = argparse.Namespace(**{**run_info["model"], **run_info["split"], **run_info["prompt"], **run_info["train"],
-                                "domains": run_info["tasks"]})
+                                "domains": run_info["tasks"], "tokenizer": ns.tokenizer or run_info.get("tokenizer")})
     ctx = Context(ns2, ns.data or Path(run_info["data"]))
     out = do_export(ctx, ns, ns.run, ns.store, ns.seed)
     print(json.dumps(out, indent=1))

@@ -51,10 +51,13 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def load_encoder(cfg: ModelConfig, d: Dist | None = None) -> tuple[LoadedCLIP, PromptedCLIP]:
+def load_encoder(cfg: ModelConfig, d: Dist | None = None,
+                 tokenizer: str | None = None) -> tuple[LoadedCLIP, PromptedCLIP]:
+    """The frozen CLIP of `cfg` (on this rank's GPU) and its prompted wrapper; `tokenizer` is an
+    optional local Hugging Face tokenizer directory."""
     device = cfg.device
     if device == "cuda" and d is not None and d.world > 1:
         device = f"cuda:{d.local_rank}"
     torch.manual_seed(0)  # pretrained=None (tests): the same random CLIP in every process and command
-    clip = load_clip(ModelSpec(model=cfg.model, pretrained=cfg.pretrained or None, device=device))
+    clip = load_clip(ModelSpec(model=cfg.model, pretrained=cfg.pretrained or None, device=device, tokenizer=tokenizer))
     return clip, PromptedCLIP(clip.model)

@@ -101,8 +101,15 @@ def test_bucket_for_pads_up_and_caps_at_the_largest(tiny_clip):
     runner = ImageRunner(PromptedCLIP(tiny_clip.model), buckets=(8, 1, 4, 2))
     assert runner.buckets == (1, 2, 4, 8)
     assert [runner.bucket_for(b) for b in (1, 2, 3, 5, 8, 9, 100)] == [1, 2, 4, 8, 8, 8, 8]
-    runner.warmup(32, (2, 5))  # no-op on CPU
-    assert runner.captured == []
+
+
+def test_cpu_warmup_runs_nothing(tiny_clip):
+    """On CPU there is nothing to capture: warm-up must not run the model (start-up time)."""
+    runner = ImageRunner(PromptedCLIP(tiny_clip.model))
+    calls = []
+    runner._encode = lambda *a: calls.append(a)
+    runner.warmup(32, (2, 5))
+    assert calls == [] and runner.captured == []
 
 
 def test_decode_on_cpu_falls_back_to_pil_and_applies_exif():
@@ -184,6 +191,7 @@ def test_gpu_batches_above_the_largest_bucket_run_in_chunks_and_bare_works(tiny_
     enc = PromptedCLIP(clip.model)
     runner = ImageRunner(enc, buckets=(1, 2, 4))
     runner.warmup(32, None)
+    assert runner.captured == [(1, 0, 0), (2, 0, 0), (4, 0, 0)]
     images = torch.randn(11, 3, 32, 32, device="cuda")
     with torch.inference_mode():
         want = enc.encode_image(images).float()

@@ -90,3 +90,46 @@ def test_embedded_save_is_byte_stable_and_round_trips(tmp_path, tiny_clip):
     assert torch.equal(got[[0, 5, 320, 49406]], table[[0, 5, 320, 49406]])
     assert got[1:5].abs().sum() == 0
     assert torch.equal(state["visual.conv1.weight"].float(), tiny_clip.model.visual.conv1.weight.detach().half().float())
+
+
+def test_missing_tokenizer_directory_names_the_fix(tiny_arch, tmp_path):
+    with pytest.raises(ClipLoadError, match="MODERATION_TOKENIZER=DIR .* --tokenizer DIR") as e:
+        load_clip(ModelSpec(model=tiny_arch, pretrained=None, tokenizer=str(tmp_path / "nope")))
+    assert "does not exist" in str(e.value) and "save_pretrained" in str(e.value)
+
+
+def test_embedded_writer_is_not_on_the_serving_import_path():
+    code = "import sys, promptclip, service.main; print('promptclip.embedded_writer' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def sentencepiece_like_tokenizer(directory) -> str:
+    """A tiny Hugging Face fast tokenizer shaped like SigLIP's: no SOT, EOS appended, pad = EOS = 1."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad0>", "</s>", "<unk>", "a", "photo", "of", "knife", "flower", "x"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="</s>", unk_token="<unk>"
+                            ).save_pretrained(str(directory))
+    return str(directory)
+
+
+def test_local_tokenizer_directory_serves_siglip_style_tokens(tmp_path, tiny_arch):
+    """Offline: the tokenizer comes from a local directory; its padding is not 0, and label
+    prompts still get their placeholder slots and encode."""
+    from promptclip import PromptedCLIP, label_tokens
+
+    tok_dir = sentencepiece_like_tokenizer(tmp_path / "tok")
+    clip = load_clip(ModelSpec(model=tiny_arch, pretrained=None, tokenizer=tok_dir))
+    ids = clip.tokenizer(["a photo of a knife"])
+    assert ids.shape == (1, 77) and ids[0, :6].tolist() == [3, 4, 5, 3, 6, 1] and int(ids[0, -1]) == 1
+    tokens = label_tokens(clip.tokenizer, ["a photo of a knife", "a flower"], 2)
+    assert tokens[0, :8].tolist() == [3, 1, 1, 4, 5, 3, 6, 1]  # 2 slots after the first position
+    enc = PromptedCLIP(clip.model)
+    feats = enc.encode_text(tokens, torch.randn(2, enc.text_layers, 2, enc.text_width))
+    assert feats.shape == (2, clip.info.embed_dim) and torch.isfinite(feats).all()

@@ -66,15 +66,35 @@ def test_mixed_task_batch_equals_per_task_runs(tiny_clip):
             assert torch.isinf(mixed[rows][:, c:]).all()
 
 
+def reference_encode_image(clip, images, prompts):
+    """Deep prompts as written in the design, on open_clip's own pieces: before block k < depth the
+    sequence is [original tokens, layer k's prompts] (a fresh concatenation); deeper blocks carry
+    the slots; pooling sees the original tokens only."""
+    visual = clip.visual
+    x = visual._embeds(images)
+    L0, depth = x.shape[1], prompts.shape[1]
+    for k, blk in enumerate(visual.transformer.resblocks):
+        if k < depth:
+            x = torch.cat([x[:, :L0], prompts[:, k]], dim=1)
+        x = blk(x)
+    pooled, _ = visual._pool(x[:, :L0])
+    return pooled @ visual.proj
+
+
 def test_depth_limits_fresh_prompts(tiny_clip):
-    """Only layers < depth receive fresh prompts: deeper prompt values are ignored."""
+    """Only layers < depth receive fresh prompts; deeper layers carry the slots. The in-place
+    token buffer computes exactly what the per-layer concatenation computes."""
     enc = PromptedCLIP(tiny_clip.model)
     images = torch.randn(2, 3, 32, 32)
-    p = torch.randn(2, 2, 3, enc.vision_width)
+    p = torch.randn(2, enc.vision_layers, 3, enc.vision_width)
     with torch.no_grad():
-        a = enc.encode_image(images, p[:, :1])
-        b = enc.encode_image(images, p)
-    assert not torch.allclose(a, b)
+        for depth in (1, enc.vision_layers):
+            got = enc.encode_image(images, p[:, :depth], normalize=False)
+            want = reference_encode_image(tiny_clip.model, images, p[:, :depth])
+            assert (got - want).abs().max() <= 1e-5, depth
+        shallow = enc.encode_image(images, p[:, :1])
+        deep = enc.encode_image(images, p)
+    assert (shallow - deep).abs().max() > 1e-3  # layer 1's fresh prompts are really used
 
 
 def test_training_step_touches_only_task_and_its_group(tiny_clip):
