@@ -104,11 +104,12 @@ class Container:
 
 
 def run_container(image: str, name: str, port: int, env_vars: dict[str, str] | None = None,
-                  volumes: list[str] | None = None, publish: int | None = None) -> Container:
+                  volumes: list[str] | None = None, publish: int | None = None, read_only: bool = False) -> Container:
     """Run `image` detached. With `publish`, on podman's bridge with container port 8000 (the image's
-    default) published on 127.0.0.1:`publish`; else on the host network with MODERATION_PORT=`port`."""
+    default) published on 127.0.0.1:`publish`; else on the host network with MODERATION_PORT=`port`.
+    `read_only`: read-only root filesystem with a tmpfs /tmp (readOnlyRootFilesystem in docs/deploy.md)."""
     podman("rm", "--force", name, check=False)
-    args = ["run", "--detach", "--name", name]
+    args = ["run", "--detach", "--name", name] + (["--read-only", "--read-only-tmpfs"] if read_only else [])
     if publish:
         args += ["--publish", f"127.0.0.1:{publish}:8000"]
     else:

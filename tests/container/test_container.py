@@ -94,11 +94,12 @@ def test_non_default_port_read_only_store_and_sigterm_under_load(container, tmp_
         p.chmod(0o755 if p.is_dir() else 0o644)
     port = free_port()
     c = container("port", port=port, env_vars={"MODERATION_DRAIN_DELAY_S": "1", "MODERATION_MAX_BATCH": "8"},
-                  volumes=[f"{store}:/app/prompts_store:ro"])
+                  volumes=[f"{store}:/app/prompts_store:ro"], read_only=True)
     FIGURES[f"healthy after start (MODERATION_PORT={port})"] = f"{c.wait_healthy():.1f} s"
     assert httpx.get(c.url + "/readyz", timeout=5).status_code == 200
     touch = pm.podman("exec", c.name, "touch", "/app/prompts_store/x", check=False)
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
+    assert pm.podman("exec", c.name, "touch", "/app/x", check=False).returncode != 0, "root filesystem read-only"
 
     # steady load from 6 clients; each request is stamped with when it was sent and what came back
     image = knife_png()
