@@ -23,14 +23,16 @@ import logging
 import statistics
 from collections.abc import Callable
 
+import open_clip
 import torch
 import torch.nn.functional as F
+from timm.layers import to_2tuple
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.timing import emit, interleaved, machine, median_ratio, table
-from promptclip import ImageRunner, ModelSpec, PromptedCLIP, load_clip
+from promptclip import ImageRunner, PromptedCLIP
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +43,15 @@ def naive_encode_image(enc: PromptedCLIP, images: Tensor, prompts: Tensor) -> Te
     Drops the previous layer's prompt outputs and concatenates layer k's prompts: a full
     (B, L0 + n, W) copy per block. Same result as PromptedCLIP.encode_image.
     """
-    visual = enc.clip.visual
-    x = visual._embeds(images.to(enc.dtype))  # (B, L0, W)
+    tower = enc.vision
+    x, kwargs = tower.embed(images.to(enc.dtype), prompts.shape[2])  # (B, L0, W)
     L0, depth = x.shape[1], prompts.shape[1]
     prompts = prompts.to(x.dtype)
-    for k, blk in enumerate(visual.transformer.resblocks):
+    for k, blk in enumerate(tower.blocks):
         if k < depth:
             x = torch.cat([x[:, :L0], prompts[:, k]], dim=1)  # (B, L0 + n, W), fresh every layer
-        x = blk(x)
-    pooled, _ = visual._pool(x[:, :L0])
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
-    return F.normalize(pooled, dim=-1)
+        x = blk(x, **kwargs)
+    return F.normalize(tower.head(x[:, :L0]), dim=-1)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -151,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(0)
-    clip = load_clip(ModelSpec(model=args.model, pretrained=None, device=str(device), precision=precision))
-    model, enc = clip.model, PromptedCLIP(clip.model)
-    dtype, size = enc.dtype, clip.info.image_size
+    # the image tower only: open_clip's front door, without the tokenizer load_clip adds (SigLIP's is downloaded)
+    model = open_clip.create_model(args.model, pretrained=None, device=device, precision=precision).eval()
+    enc = PromptedCLIP(model)
+    dtype, size = enc.dtype, to_2tuple(model.visual.image_size)[0]
     depth = enc.vision_layers if args.depth is None else min(args.depth, enc.vision_layers)
     n = n_group + n_private
     bank = (torch.randn(args.domains, depth, n, enc.vision_width, device=device) * 0.5).to(dtype)
