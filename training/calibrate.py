@@ -27,6 +27,9 @@ from promptclip.decisions import NEG_INF, BatchScores, ScopeModel
 from .config import DecisionConfig
 
 
+NEVER_FLAG = 1.000001  # a threshold above every probability
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> dict:
     """A rate with its 95% Wilson score interval."""
     if n == 0:
@@ -89,12 +92,17 @@ def conformal_lower_cut(scores: Tensor, alpha: float) -> float:
 
 
 def upper_cut(scores: Tensor, allowed: int) -> float:
-    """The lowest cut with at most `allowed` of `scores` at or above it (midway between neighbours)."""
+    """The lowest cut with at most `allowed` of `scores` at or above it (midway between neighbours).
+
+    allowed < 0: a cut above every probability (NEVER_FLAG): the target cannot be shown on this sample.
+    """
     s = scores.double().sort(descending=True).values
     s = s[torch.isfinite(s)]
+    if allowed < 0:
+        return NEVER_FLAG
     if allowed >= len(s):
         return 0.0
-    if allowed <= 0:
+    if allowed == 0:
         return float(s[0]) + 1e-6
     return float((s[allowed - 1] + s[allowed]) / 2)
 

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service import Settings, create_app
+from promptclip.decisions import DecisionRule
 from service.registry import DomainEntry, LabelInfo
 from service.scoring import build_result
 
@@ -40,41 +41,48 @@ def test_probabilities_sum_to_one_and_labels_sorted(client):
         body = r.json()
         labels = body["labels"]
         assert [x["label"] for x in labels] != [] and {x["label"] for x in labels} == {lab.name for lab in LABELS[domain]}
-        assert math.isclose(sum(x["probability"] for x in labels), 1.0, abs_tol=1e-5)
+        assert math.isclose(sum(x["softmax"] for x in labels), 1.0, abs_tol=1e-5)
         scores = [x["score"] for x in labels]
         assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
         assert body["top_label"] == labels[0]["label"]
         assert body["bundle"] == {"version": "v0001", "group": "g0"} and body["model"] == "svc-tiny"
 
 
-def test_probability_is_temperature_scaled_softmax_of_scores(client):
+def test_softmax_is_temperature_scaled_over_scores(client):
     body = client.post("/classify", json={"image": b64(), "domain": "sketch"}).json()
     scale = float(client.app.state.service.prompted.logit_scale)
     exps = [math.exp(scale * x["score"]) for x in body["labels"]]
     for x, e in zip(body["labels"], exps, strict=True):
-        assert math.isclose(x["probability"], e / sum(exps), rel_tol=1e-4)
+        assert math.isclose(x["softmax"], e / sum(exps), rel_tol=1e-4)
 
 
 def _entry(thresholds, unsafe):
     labels = tuple(LabelInfo(f"l{i}", f"p{i}", u, t) for i, (t, u) in enumerate(zip(thresholds, unsafe, strict=True)))
-    return DomainEntry("d", "v1", {"id": "g1"}, labels, {}, "", "", "", {}, (1, 1), None, None)
+    rule = DecisionRule.from_manifest(labels, None)  # a bundle from before calibration: the legacy rule
+    return DomainEntry("d", "v1", {"id": "g1"}, labels, {}, "", "", "", {}, (1, 1), None, None, rule, {})
 
 
-def test_flagged_and_needs_review_logic():
+def _result(e, scores, probs):
+    row = {"cosine": scores, "softmax": probs, "label_logp": [math.log(p) for p in probs], "label_mass": 1.0,
+           "scope": math.inf}
+    return build_result(e, row, model="m", review_margin=0.1, review_out_of_scope=False, latency_ms=1)
+
+
+def test_legacy_bundles_keep_the_old_flag_and_review_rule():
     e = _entry([0.5, 0.5, 0.5], [True, False, False])
-    r = build_result(e, [0.3, 0.2, 0.1], [0.55, 0.25, 0.2], model="m", review_margin=0.1, latency_ms=1)
-    assert r["flagged"] and not r["needs_review"] and r["labels"][0]["flagged"]
-    r = build_result(e, [0.3, 0.2, 0.1], [0.45, 0.35, 0.2], model="m", review_margin=0.1, latency_ms=1)
+    r = _result(e, [0.3, 0.2, 0.1], [0.55, 0.25, 0.2])
+    assert r["flagged"] and not r["needs_review"] and r["labels"][0]["flagged"] and r["rule"] == "legacy"
+    r = _result(e, [0.3, 0.2, 0.1], [0.45, 0.35, 0.2])
     assert not r["flagged"] and r["needs_review"]
-    r = build_result(e, [0.3, 0.2, 0.1], [0.39, 0.41, 0.2], model="m", review_margin=0.1, latency_ms=1)
+    r = _result(e, [0.3, 0.2, 0.1], [0.39, 0.41, 0.2])
     assert not r["flagged"] and not r["needs_review"]
     # a safe label over its threshold flags nothing
-    r = build_result(e, [0.1, 0.3, 0.2], [0.1, 0.8, 0.1], model="m", review_margin=0.1, latency_ms=1)
-    assert not r["flagged"] and not r["needs_review"] and r["top_label"] == "l1"
+    r = _result(e, [0.1, 0.3, 0.2], [0.1, 0.8, 0.1])
+    assert not r["flagged"] and not r["needs_review"] and r["top_label"] == "l1" and not r["out_of_scope"]
     assert not any(x["flagged"] for x in r["labels"])
     # exactly at the threshold is flagged
-    r = build_result(e, [0.3, 0.2, 0.1], [0.5, 0.3, 0.2], model="m", review_margin=0.1, latency_ms=1)
-    assert r["flagged"] and r["bundle"] == {"version": "v1", "group": "g1"}
+    r = _result(e, [0.3, 0.2, 0.1], [0.5, 0.3, 0.2])
+    assert r["flagged"] and r["bundle"] == {"version": "v1", "group": "g1"} and r["scope_score"] is None
 
 
 def test_mixed_domain_batch_equals_single_requests(client):

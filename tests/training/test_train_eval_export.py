@@ -13,7 +13,7 @@ import torch
 
 from promptclip import ModelSpec, PromptStore, load_bundle, load_clip
 from training import main
-from training.export import calibrate_threshold
+from training.calibrate import allowed_false_flags, conformal_lower_cut, fit_platt, upper_cut, wilson
 
 from .conftest import DOMAINS, FAST
 
@@ -102,10 +102,18 @@ def test_export_rollback(world, tiny_clip, trained, tmp_path, caplog):
         m = b.manifest
         assert m.domain == d and m.created_at == "2026-01-01T00:00:00+00:00"
         assert 0.0 <= m.metrics["accuracy"] <= 1.0 and m.metrics["n_test"] == 32
-        assert "validation" in m.metrics["threshold_calibration"]
-        assert all(0.05 <= lab.threshold <= 0.95 for lab in m.labels)
+        rates = m.metrics["decisions"]
+        for key in ("benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "ood_flagged"):
+            assert rates[key]["lo"] <= rates[key]["rate"] <= rates[key]["hi"] and rates[key]["n"] > 0
+        assert m.decision["targets"]["max_false_flag"] == 0.05 and "review_threshold" in m.decision
+        assert all(lab.calibration and lab.calibration["method"] == "platt" for lab in m.labels)
+        assert len(m.negatives["names"]) == 256 and b.tensors["scope.bank"].dtype == torch.float32
+        # 8 benign calibration images cannot show a 5% false-flag rate: nothing is flagged, and it says so
+        assert m.decision["targets_met"]["max_false_flag"] is False and rates["benign_false_flag"]["rate"] == 0
         assert {lab.name for lab in m.labels if lab.unsafe} == {"knife", "pistol", "syringe", "pill"}
         assert d in m.group["members"]
+    assert (trained / "decisions.md").is_file() and sorted(p.name for p in (trained / "decisions").glob("*.png")) == \
+        sorted(f"{d}.png" for d in DOMAINS)
     assert main(["rollback", "--store", str(store), "--domain", "sketch", "--version", "v0001"]) == 0
     assert ps.current_version("sketch") == "v0001" and ps.current_version("photo") == "v0002"
     assert main(["rollback", "--store", str(store), "--domain", "sketch", "--version", "v0009"]) == 2
@@ -113,12 +121,35 @@ def test_export_rollback(world, tiny_clip, trained, tmp_path, caplog):
     assert ps.current_version("sketch") == "v0001"
 
 
-def test_threshold_calibration_separates_validation():
-    probs = torch.tensor([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
-    pos = torch.tensor([True, True, True, False, False, False])
-    thr = calibrate_threshold(probs, pos)
-    assert 0.3 < thr < 0.7  # a cut between the classes, not at an extreme
-    assert calibrate_threshold(probs, torch.zeros(6, dtype=torch.bool)) == 0.5
+def test_false_flag_allowance_is_a_binomial_tolerance_bound():
+    assert allowed_false_flags(64, 0.05, 0.8) == 1  # P(Bin(64, .05) <= 1) = 0.16 <= 0.2 < P(<= 2) = 0.37
+    assert allowed_false_flags(8, 0.05, 0.8) == -1  # too few benign images: flag nothing
+    assert 40 <= allowed_false_flags(1000, 0.05, 0.8) < 50  # approaches target * n
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.2])
+    assert upper_cut(scores, 1) == 0.85 and (scores >= upper_cut(scores, 2)).sum() == 2
+
+
+def test_scope_cut_keeps_the_target_share_of_fresh_in_distribution_scores():
+    g = torch.Generator().manual_seed(0)
+    cal, fresh = torch.randn(400, generator=g), torch.randn(20000, generator=g)
+    kept = float((fresh >= conformal_lower_cut(cal, 0.05)).float().mean())
+    assert 0.93 <= kept <= 0.97
+
+
+def test_platt_calibration_is_calibrated_on_fresh_samples():
+    g = torch.Generator().manual_seed(1)
+
+    def sample(n):
+        y = torch.rand(n, generator=g) < 0.2
+        return torch.randn(n, generator=g) * 1.5 + torch.where(y, 2.0, -1.0), y
+
+    a, b = fit_platt(*sample(500))
+    z, y = sample(20000)
+    p = torch.sigmoid(a * z.double() + b)
+    for lo, hi in ((0.0, 0.2), (0.2, 0.5), (0.5, 0.8), (0.8, 1.0)):
+        sel = (p >= lo) & (p < hi)
+        assert abs(float(y[sel].double().mean()) - float(p[sel].mean())) < 0.05
+    assert wilson(0, 10)["lo"] == 0.0 and 0.0 < wilson(0, 10)["hi"] < 0.35
 
 
 @pytest.mark.slow
