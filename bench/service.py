@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 
 from bench.timing import emit, interleaved, machine, median_ratio, table
@@ -76,8 +77,13 @@ def save_random_clip(model_name: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_private: int) -> None:
-    """One bundle per domain; domains paired into groups, as grouping would do."""
+def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_private: int,
+                    negatives: int = 256, scope_bank: int = 256) -> None:
+    """One bundle per domain; domains paired into groups, as grouping would do.
+
+    Each carries the full decision rule that export writes (calibrated labels, `negatives`
+    negative labels, a `scope_bank`-row scope bank), so the server does all of its scoring work.
+    """
     info = clip.info
     groups = [domains[i:i + 2] for i in range(0, len(domains), 2)]
     prompts = TaskPrompts(domains, groups, PromptConfig(n_group, n_private), info.vision_width,
@@ -85,9 +91,16 @@ def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_p
     prompts.reset_parameters(std=0.02, generator=torch.Generator().manual_seed(0))
     store = PromptStore(store_dir)
     for d in domains:
-        labels = [Label(name=lab, prompt=f"a {d} of {lab}.", unsafe=lab != "safe", threshold=0.5) for lab in LABELS]
-        store.publish(bundle_from_prompts(prompts, d, version="v0001", base=info, labels=labels,
-                                          metrics={"accuracy": 0.0}), base=info)
+        labels = [Label(name=lab, prompt=f"a {d} of {lab}.", unsafe=lab != "safe", threshold=0.5,
+                        calibration={"method": "platt", "a": 1.0, "b": 0.0}) for lab in LABELS]
+        bundle = bundle_from_prompts(prompts, d, version="v0001", base=info, labels=labels, metrics={"accuracy": 0.0})
+        bundle.manifest.negatives = {"template": "a photo of a {}.", "names": list(IMAGENET_CLASSNAMES[:negatives])}
+        bundle.manifest.decision = {"review_threshold": 0.3, "scope": {"cut": -1e9}}
+        g = torch.Generator().manual_seed(len(d))
+        bundle.tensors["scope.bank"] = torch.nn.functional.normalize(
+            torch.randn(scope_bank, info.embed_dim, generator=g), dim=-1).half()
+        bundle.tensors["scope.labels"] = torch.arange(scope_bank) % len(LABELS)
+        store.publish(bundle, base=info)
 
 
 def make_jpegs(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:

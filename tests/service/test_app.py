@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from service import Settings, create_app
 from promptclip.decisions import DecisionRule
+from service import Settings, create_app
 from service.registry import DomainEntry, LabelInfo
 from service.scoring import build_result
 
