@@ -59,7 +59,10 @@ def test_classify_multipart_real_files(http, kind):
     r = upload(http, image_bytes(kind), domain)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"domain", "bundle", "model", "labels", "top_label", "flagged", "needs_review", "latency_ms"}
+    assert set(body) == {"domain", "bundle", "model", "labels", "top_label", "out_of_scope", "scope_score", "flagged",
+                         "needs_review", "rule", "latency_ms"}
+    # these bundles predate calibrated decisions: they still serve, with the old rule, everything in scope
+    assert body["rule"] == "legacy" and body["out_of_scope"] is False and body["scope_score"] is None
     assert body["domain"] == domain and set(body["bundle"]) == {"version", "group"}
     assert len(body["labels"]) == len(LABELS[domain])
     for x in body["labels"]:
