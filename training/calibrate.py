@@ -26,7 +26,6 @@ from promptclip.decisions import NEG_INF, BatchScores, ScopeModel
 
 from .config import DecisionConfig
 
-
 NEVER_FLAG = 1.000001  # a threshold above every probability
 
 
