@@ -3,6 +3,7 @@
 Shared core of the moderation product; imported by `training` and `service`, imports neither.
 """
 
+from .banks import bundle_bank
 from .bundle import (
     DEFAULT_TEMPLATE,
     TENSOR_NAMES,
@@ -16,6 +17,7 @@ from .bundle import (
     save_bundle,
     tensor_sha256,
 )
+from .decisions import Banks, BatchScores, DecisionRule, DomainBank, ScopeModel, decide, score_batch
 from .device_decode import (
     DeviceJpegPreprocessor,
     decode_jpeg_batch_gpu,
@@ -33,7 +35,7 @@ from .loading import (
     load_clip,
     register_config,
 )
-from .multitask import MultiTaskCLIP, label_tokens
+from .multitask import MultiTaskCLIP, encode_prompted_texts, label_tokens
 from .prompted import PromptedCLIP, insert_placeholders, measure_stream_rms
 from .prompts import PromptConfig, TaskPrompts, check_task_name
 from .store import PromptStore, version_key
@@ -50,6 +52,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Banks", "BatchScores", "DecisionRule", "DomainBank", "ScopeModel", "bundle_bank", "decide",
+    "encode_prompted_texts", "score_batch",
     "DEFAULT_BUCKETS", "DEFAULT_TEMPLATE", "EMBEDDED", "EMBEDDED_ARCH", "SUPPORTED_TEXT", "SUPPORTED_VISION",
     "TENSOR_NAMES", "BaseModelInfo", "Bundle", "BundleError", "ClipLoadError", "DeviceJpegPreprocessor",
     "ImageRunner", "Label", "LoadedCLIP", "Manifest", "ModelSpec", "MultiTaskCLIP", "PromptConfig", "PromptStore",

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from promptclip import Bundle, BundleError, LoadedCLIP, PromptedCLIP, PromptStore, label_tokens
+from promptclip import Bundle, BundleError, LoadedCLIP, PromptedCLIP, PromptStore
+from promptclip.banks import bundle_bank
 from promptclip.decisions import Banks, DecisionRule, DomainBank
-from promptclip.multitask import encode_prompted_texts
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +124,9 @@ class BundleRegistry:
 
     def _entry(self, bundle: Bundle) -> DomainEntry:
         m = bundle.manifest
-        dtype = self.prompted.dtype
-        vision = bundle.vision_prompts().to(self.device, dtype)  # (depth_v, n, Wv)
-        text = bundle.text_prompts().to(self.device, dtype)  # (depth_t, n, Wt)
+        vision = bundle.vision_prompts().to(self.device, self.prompted.dtype)  # (depth_v, n, Wv)
         n = vision.shape[1]
-        negatives = [m.negatives.get("template", "{}").format(name) for name in m.negatives.get("names", [])]
-        texts = [lab.prompt for lab in m.labels] + negatives
-        tokens = label_tokens(self.clip.tokenizer, texts, n).to(self.device)  # (C + M, ctx)
-        with torch.inference_mode():
-            feats = encode_prompted_texts(self.prompted, tokens, text).float()  # (C + M, E), normalised
-        if not torch.isfinite(feats).all():
-            raise BundleError("shape", m.domain, "text features are not finite")
-        scope, scope_labels = bundle.scope_bank()
-        c = len(m.labels)
+        bank, rule = bundle_bank(bundle, self.prompted, self.clip.tokenizer, self.device)
         if not m.decision and m.domain not in self._warned_legacy:
             self._warned_legacy.add(m.domain)
             log.warning("%s@%s has no calibrated decision rule (written before schema 2): serving it with the "
@@ -147,8 +137,7 @@ class BundleRegistry:
             metrics=dict(m.metrics), sha256=m.sha256, created_at=m.created_at,
             loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             prompt=dict(m.prompt), shape=(int(vision.shape[0]), int(n)), vision=vision,
-            bank=DomainBank(feats[:c], feats[c:], scope.to(self.device, torch.float32), scope_labels.to(self.device)),
-            rule=DecisionRule.from_manifest(m.labels, m.decision), decision=dict(m.decision),
+            bank=bank, rule=rule, decision=dict(m.decision),
         )
 
     def reload(self) -> ReloadReport:

@@ -1,0 +1,38 @@
+"""A loaded bundle -> what scoring needs: its DomainBank (label, negative-label and scope tensors) and rule.
+
+The service's registry and the backlog scorer both build domains through here, so a bundle is
+encoded the same way everywhere: labels and negatives through the bundle's own text prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .bundle import Bundle, BundleError
+from .decisions import DecisionRule, DomainBank
+from .multitask import encode_prompted_texts, label_tokens
+from .prompted import PromptedCLIP
+
+
+def negative_texts(bundle: Bundle) -> list[str]:
+    neg = bundle.manifest.negatives
+    return [neg.get("template", "{}").format(name) for name in neg.get("names", [])]
+
+
+@torch.inference_mode()
+def bundle_bank(bundle: Bundle, encoder: PromptedCLIP, tokenizer: Callable,
+                device: torch.device | str) -> tuple[DomainBank, DecisionRule]:
+    """Encode a bundle's label prompts and negative labels once; float32 tensors on `device`."""
+    m = bundle.manifest
+    text = bundle.text_prompts().to(device, encoder.dtype)  # (depth_t, n, Wt)
+    texts = [lab.prompt for lab in m.labels] + negative_texts(bundle)
+    tokens = label_tokens(tokenizer, texts, text.shape[1]).to(device)  # (C + M, ctx)
+    feats = encode_prompted_texts(encoder, tokens, text).float()  # (C + M, E), normalised
+    if not torch.isfinite(feats).all():
+        raise BundleError("shape", m.domain, "text features are not finite")
+    scope, scope_labels = bundle.scope_bank()
+    c = len(m.labels)
+    bank = DomainBank(feats[:c], feats[c:], scope.to(device, torch.float32), scope_labels.to(device))
+    return bank, DecisionRule.from_manifest(m.labels, m.decision)
