@@ -46,6 +46,7 @@ class Label:
     unsafe: bool = False  # flagging this label is a moderation hit
     threshold: float = 0.5  # probability at or above which an unsafe label is flagged
     calibration: dict[str, Any] | None = None  # {"method": "platt", "a", "b", "n_pos", "n"}; None: uncalibrated
+    openai_category: str | None = None  # OpenAI moderation category this label also reports, e.g. "violence"
 
 
 @dataclass

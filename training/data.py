@@ -86,7 +86,8 @@ def _read_labels(folder: Path, names: list[str]) -> list[Label]:
         if unknown:
             log.warning("%s names labels without a folder: %s", lj, unknown)
     return [Label(name=n, prompt=meta.get(n, {}).get("prompt", DEFAULT_PROMPT.format(n.replace("_", " "))),
-                  unsafe=bool(meta.get(n, {}).get("unsafe", False))) for n in names]
+                  unsafe=bool(meta.get(n, {}).get("unsafe", False)),
+                  openai_category=meta.get(n, {}).get("openai_category")) for n in names]
 
 
 def load_tasks(data: Path | str, split_seed: int = 1234, test_frac: float = 0.5, val_per_class: int = 4,

@@ -342,9 +342,14 @@ def image_rng(seed: int, domain: str, label: str, index: int) -> np.random.Gener
     return np.random.default_rng([seed, DOMAINS.index(domain), list(LABELS).index(label), index])
 
 
+OPENAI_CATEGORIES = {"knife": "violence", "pistol": "violence", "syringe": "illicit", "pill": "illicit"}
+
+
 def labels_json(domain: str) -> dict:
+    """labels.json metadata (prompt, unsafe, display name, OpenAI category): never changes an image."""
     return {"domain": domain,
-            "labels": [{"name": n, "prompt": PROMPT.format(n), "unsafe": u, "display": n.title()}
+            "labels": [{"name": n, "prompt": PROMPT.format(n), "unsafe": u, "display": n.title(),
+                        **({"openai_category": OPENAI_CATEGORIES[n]} if n in OPENAI_CATEGORIES else {})}
                        for n, u in LABELS.items()]}
 
 
