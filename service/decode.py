@@ -14,9 +14,10 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+
+from promptclip.images import to_rgb
 
 from .errors import ApiError
 
@@ -38,26 +39,6 @@ def _sniff_other(data: bytes) -> str | None:
     if data[4:8] == b"ftyp":
         return data[8:12].decode("latin-1").strip() or "ISO-BMFF"  # heic, avif, mp4 ...
     return None
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16/32-bit is rescaled."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        hi = 65535.0 if img.mode.startswith("I") and arr.max(initial=0) > 255 else 255.0
-        if img.mode == "F":
-            lo, hi = float(arr.min(initial=0)), float(arr.max(initial=1))
-            arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
-        else:
-            arr = arr * (255.0 / hi)
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1) -> Image.Image:
