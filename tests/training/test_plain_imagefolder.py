@@ -47,4 +47,6 @@ def test_fit_runs_on_a_plain_imagefolder_with_a_config_path(tmp_path, tiny_json)
         assert sorted(labels) == sorted(CLASSES)  # folder names become labels
         assert labels["dog"].prompt == "a photo of a dog." and not any(lab.unsafe for lab in labels.values())
         assert b.manifest.base_model["architecture"] == tiny_json.stem
-        assert 0.05 <= labels["guitar"].threshold <= 0.95
+        # calibrated per label; 6 calibration images cannot show a 5% false-flag rate, so nothing would flag
+        assert all(lab.calibration["method"] == "platt" for lab in labels.values())
+        assert b.manifest.decision["targets_met"]["max_false_flag"] is False and labels["guitar"].threshold > 1
