@@ -1,0 +1,58 @@
+"""One typed config for a backlog scoring run; every default is visible here (and in --help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from promptclip import EMBEDDED, EMBEDDED_ARCH, ModelSpec
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    input: Path  # image directory (recursive), Parquet file or folder (image bytes or paths), or a list file
+    out: Path  # output Parquet dataset: a folder of shard-NNNNN.parquet files plus _backlog.json
+    domain: str  # bundle domain every image is scored against (required until the router lands, issue 13)
+    store: Path = Path("prompts_store")  # bundle store root; the domain's CURRENT version is used
+    engine: str = "local"  # local | ray
+    model: str = EMBEDDED_ARCH  # open_clip architecture or JSON config path (as MODERATION_MODEL)
+    pretrained: str = EMBEDDED  # embedded | open_clip tag | local checkpoint path (as MODERATION_PRETRAINED)
+    tokenizer: str | None = None  # local Hugging Face tokenizer directory (SigLIP offline)
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on CUDA, else fp32) | fp32 | fp16 | bf16
+    batch_size: int = 32  # images per model call
+    decode_workers: int = 2  # threads reading + decoding + preprocessing images (per local run / Ray actor)
+    shard_size: int = 1000  # images per output shard: the unit of resume
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    max_image_pixels: int = 40_000_000  # width x height from the header; larger images become error rows
+    review_out_of_scope: bool = False  # out-of-scope images go to review (MODERATION_REVIEW_OUT_OF_SCOPE)
+    image_column: str | None = None  # Parquet input: column of image bytes or paths (None: auto-detect)
+    id_column: str | None = None  # Parquet input: column of ids (None: "id" if present, else path or file#row)
+    ray_address: str | None = None  # Ray cluster to join (None: RAY_ADDRESS, else a local instance)
+    ray_concurrency: int = 0  # scoring actors; 0 = one per GPU, else one per ray_cpus_per_actor CPUs
+    ray_cpus_per_actor: float = 1.0  # CPUs reserved by each scoring actor
+    progress: bool = True  # tqdm progress bar (images/s) on stderr
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        for name in ("batch_size", "decode_workers", "shard_size", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.domain:
+            raise ValueError("a domain is required (--domain D): auto-routing is not available yet")
+
+    def model_spec(self, device: str | None = None) -> ModelSpec:
+        """The CLIP to load, resolving auto device / precision on this process's hardware."""
+        dev = device or self.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        prec = self.precision
+        if prec == "auto":
+            prec = "fp16" if dev.startswith("cuda") else "fp32"
+        return ModelSpec(model=self.model, pretrained=self.pretrained, device=dev, precision=prec,
+                         tokenizer=self.tokenizer)
