@@ -62,14 +62,12 @@ def init_ray(address: str | None):
 
 
 def actor_resources(ray, cfg: ScoreConfig) -> dict:
-    """concurrency, num_cpus, num_gpus for map_batches: one actor per GPU when the cluster has GPUs."""
+    """compute (the actor pool), num_cpus, num_gpus for map_batches: one actor per GPU when the cluster has GPUs."""
     res = ray.cluster_resources()
     gpus = int(res.get("GPU", 0))
-    if gpus:
-        return {"concurrency": cfg.ray_concurrency or gpus, "num_gpus": 1, "num_cpus": cfg.ray_cpus_per_actor}
-    cpus = res.get("CPU", 1)
-    return {"concurrency": cfg.ray_concurrency or max(1, int(cpus // cfg.ray_cpus_per_actor)),
-            "num_cpus": cfg.ray_cpus_per_actor}
+    size = cfg.ray_concurrency or (gpus if gpus else max(1, int(res.get("CPU", 1) // cfg.ray_cpus_per_actor)))
+    return {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": cfg.ray_cpus_per_actor,
+            **({"num_gpus": 1} if gpus else {})}
 
 
 def commit_staged(plan: Plan, staging: Path) -> int:
