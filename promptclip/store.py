@@ -2,7 +2,9 @@
 
 Publishing writes the bundle under a temporary name, fsyncs, renames it into place, and only
 then atomically replaces CURRENT. A crash at any point leaves CURRENT naming a complete file.
-Older versions stay on disk, so a rollback only rewrites CURRENT.
+Older versions stay on disk, so a rollback only rewrites CURRENT. The domain router lives beside
+the domains as ``<root>/_router/<version>.safetensors`` plus ``_router/CURRENT`` (promptclip.router),
+published the same way; ``_router`` is no valid domain name, so `domains()` never lists it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from .bundle import Bundle, BundleError, load_bundle, save_bundle
 from .loading import BaseModelInfo
 from .prompts import TASK_NAME
+from .router import ROUTER_DIR, DomainRouter, load_router, save_router
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,31 @@ def _atomic_write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _publish_file(final: Path, write, verify, make_current: bool) -> Path:
+    """Write under the final name inside a hidden scratch dir (same filesystem), fsync, `verify` it,
+    rename it into place, then replace CURRENT: nothing the loader would refuse appears beside it."""
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; versions are immutable, publish a new one")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final.parent / f".publish-{os.getpid()}-{final.stem}"
+    scratch.mkdir(exist_ok=True)
+    tmp = scratch / final.name
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        verify(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        scratch.rmdir()
+    _fsync_dir(final.parent)
+    if make_current:
+        _atomic_write_text(final.parent / "CURRENT", final.stem + "\n")
+    log.info("published %s", final)
+    return final
 
 
 class PromptStore:
@@ -97,30 +125,37 @@ class PromptStore:
 
     def publish(self, bundle: Bundle, base: BaseModelInfo | None = None, make_current: bool = True) -> Path:
         """Write `bundle` atomically, verify it loads, then point CURRENT at it."""
-        domain, version = bundle.domain, bundle.version
-        final = self.path(domain, version)
-        if final.exists():
-            raise FileExistsError(f"{final} already exists; versions are immutable, publish a new one")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Write under the final file name inside a hidden scratch dir (same filesystem), verify it
-        # loads, then rename: nothing the loader would refuse ever appears under <domain>/.
-        scratch = final.parent / f".publish-{os.getpid()}-{version}"
-        scratch.mkdir(exist_ok=True)
-        tmp = scratch / final.name
-        try:
-            save_bundle(bundle, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            load_bundle(tmp, base)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-            scratch.rmdir()
-        _fsync_dir(final.parent)
-        if make_current:
-            _atomic_write_text(final.parent / "CURRENT", version + "\n")
-        log.info("published %s", final)
-        return final
+        final = self.path(bundle.domain, bundle.version)
+        return _publish_file(final, lambda tmp: save_bundle(bundle, tmp), lambda tmp: load_bundle(tmp, base),
+                             make_current)
+
+    # ------------------------------------------------------------------ the domain router
+    def router_path(self, version: str) -> Path:
+        if not VERSION.match(version):
+            raise ValueError(f"bad router version {version!r}")
+        return self.root / ROUTER_DIR / f"{version}{SUFFIX}"
+
+    def router_version(self) -> str | None:
+        """The router version CURRENT names (else the highest on disk), or None without a router."""
+        return self.current_version(ROUTER_DIR)
+
+    def load_router(self, base: BaseModelInfo | None = None) -> DomainRouter | None:
+        """The current router, validated against `base`; None when the store has none."""
+        version = self.router_version()
+        if version is None:
+            return None
+        path = self.router_path(version)
+        if not path.is_file():
+            raise BundleError("missing", path, f"CURRENT names router version {version!r} but {path.name} "
+                                               "does not exist")
+        return load_router(path, base)
+
+    def publish_router(self, router: DomainRouter, base: BaseModelInfo | None = None,
+                       make_current: bool = True) -> Path:
+        """Write a router file atomically, verify it loads, then point _router/CURRENT at it."""
+        final = self.router_path(router.version)
+        return _publish_file(final, lambda tmp: save_router(router, tmp), lambda tmp: load_router(tmp, base),
+                             make_current)
 
     def rollback(self, domain: str, version: str, base: BaseModelInfo | None = None) -> Path:
         """Point CURRENT at an existing, valid version."""

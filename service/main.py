@@ -22,7 +22,8 @@ from .engine import BatchingEngine
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .registry import BundleRegistry
-from .routers import admin, classify, domains, health, metrics
+from .routers import admin, classify, domains, health, metrics, moderations
+from .routing import DomainRouting
 from .settings import Settings, get_settings
 from .state import ServiceState
 
@@ -94,6 +95,7 @@ async def _startup(st: ServiceState) -> None:
                             timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
                             cuda_graphs=s.cuda_graphs, arriving=lambda: st.decoder.pending)
     engine.start()
+    st.routing = DomainRouting(st.clip.model, engine.model_thread, s.max_batch, s.request_timeout_s)
     if s.warmup:
         buf = io.BytesIO()
         Image.new("RGB", (64, 48), (120, 80, 40)).save(buf, "JPEG")
@@ -109,12 +111,12 @@ async def _startup(st: ServiceState) -> None:
 
 
 async def _poll_store(st: ServiceState) -> None:
-    """Reload when a domain's CURRENT version on disk differs from the one being served."""
+    """Reload when a domain's (or the router's) CURRENT version on disk differs from the one being served."""
     while True:
         await asyncio.sleep(st.settings.poll_interval_s)
         try:
             on_disk = await asyncio.to_thread(st.registry.signature)
-            serving = {d: e.version for d, e in st.registry.snapshot.domains.items()}
+            serving = st.registry.serving()
             if any(serving.get(d) != v for d, v in on_disk.items()):
                 await admin.reload_store(st)
         except Exception:
@@ -160,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
-    for r in (classify.router, domains.router, admin.router, health.router, metrics.router):
+    for r in (classify.router, moderations.router, domains.router, admin.router, health.router, metrics.router):
         app.include_router(r)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -4,7 +4,8 @@ A snapshot holds, on the model's device:
   * one vision prompt bank per prompt shape (depth, n): (T_shape, depth, n, Wv);
   * the scoring banks of `promptclip.decisions` (label and negative-label embeddings, the scope
     models), computed once per bundle load: serving runs only the image tower;
-  * per-domain metadata (labels, thresholds, decision rule, version, group, metrics, checksum).
+  * per-domain metadata (labels, thresholds, decision rule, version, group, metrics, checksum);
+  * the store's domain router (promptclip.router), when one is published, reloaded like a bundle.
 
 Requests capture the snapshot when they arrive and finish on it, so a reload never changes a
 request half way. A bundle the core loader refuses is reported and the previous version of
@@ -26,6 +27,7 @@ from torch import Tensor
 from promptclip import Bundle, BundleError, LoadedCLIP, PromptedCLIP, PromptStore
 from promptclip.banks import bundle_bank
 from promptclip.decisions import Banks, DecisionRule, DomainBank
+from promptclip.router import ROUTER_DIR, DomainRouter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class LabelInfo:
     prompt: str
     unsafe: bool
     threshold: float
+    openai_category: str | None = None  # the OpenAI moderation category this label also reports
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Snapshot:
     domains: dict[str, DomainEntry]
     vision_banks: dict[ShapeKey, Tensor]  # shape -> (T_shape, depth_v, n, Wv)
     banks: Banks | None  # scoring banks, one row per domain (sorted names)
+    router: DomainRouter | None = None  # routes images sent without a domain; tensors on the model's device
 
     def known(self) -> list[str]:
         return sorted(self.domains)
@@ -89,11 +93,12 @@ class ReloadReport:
         return not self.refused
 
 
-def build_snapshot(generation: int, entries: dict[str, DomainEntry], device: torch.device) -> Snapshot:
+def build_snapshot(generation: int, entries: dict[str, DomainEntry], device: torch.device,
+                   router: DomainRouter | None = None) -> Snapshot:
     """Place entries into fresh banks (new rows), leaving the entries of older snapshots untouched."""
     names = sorted(entries)
     if not names:
-        return Snapshot(generation, {}, {}, None)
+        return Snapshot(generation, {}, {}, None, router)
     by_shape: dict[ShapeKey, list[str]] = {}
     for name in names:
         by_shape.setdefault(entries[name].shape, []).append(name)
@@ -102,7 +107,7 @@ def build_snapshot(generation: int, entries: dict[str, DomainEntry], device: tor
              for shape, members in by_shape.items()}
     scoring = Banks.stack([entries[n].bank for n in names], device=device)
     placed = {n: replace(entries[n], vision_row=vision_row[n], text_row=row) for row, n in enumerate(names)}
-    return Snapshot(generation, placed, banks, scoring)
+    return Snapshot(generation, placed, banks, scoring, router)
 
 
 class BundleRegistry:
@@ -133,7 +138,8 @@ class BundleRegistry:
                         "old rule (closed-set softmax vs thresholds, everything in scope)", m.domain, m.version)
         return DomainEntry(
             domain=m.domain, version=m.version, group=dict(m.group),
-            labels=tuple(LabelInfo(lab.name, lab.prompt, bool(lab.unsafe), float(lab.threshold)) for lab in m.labels),
+            labels=tuple(LabelInfo(lab.name, lab.prompt, bool(lab.unsafe), float(lab.threshold), lab.openai_category)
+                         for lab in m.labels),
             metrics=dict(m.metrics), sha256=m.sha256, created_at=m.created_at,
             loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             prompt=dict(m.prompt), shape=(int(vision.shape[0]), int(n)), vision=vision,
@@ -191,8 +197,9 @@ class BundleRegistry:
                     report.refused.append({"domain": domain, "version": prev.version, "kind": "missing",
                                            "message": "no bundle on disk any more; still serving "
                                                       f"{prev.version}"})
+            router = self._reload_router(old.router, report)
             if report.loaded or not old.domains:
-                self._snapshot = build_snapshot(report.generation, entries, self.device)
+                self._snapshot = build_snapshot(report.generation, entries, self.device, router)
             else:
                 report.generation = old.generation
             self.last_report = report
@@ -201,10 +208,39 @@ class BundleRegistry:
                      [f"{x['domain']}:{x['kind']}" for x in report.refused])
             return report
 
-    def signature(self) -> dict[str, str | None]:
-        """Domain -> CURRENT version on disk (cheap; for polling)."""
+    def _reload_router(self, prev: DomainRouter | None, report: ReloadReport) -> DomainRouter | None:
+        """The store's current router (validated against the base model); a refused one keeps `prev`."""
         try:
-            return {d: self.store.current_version(d) for d in self.store.domains()}
+            version = self.store.router_version()
+            if version is None or (prev is not None and version == prev.version):
+                if version is None and prev is not None:
+                    report.refused.append({"domain": ROUTER_DIR, "version": prev.version, "kind": "missing",
+                                           "message": f"no router on disk any more; still serving {prev.version}"})
+                else:
+                    report.unchanged += [{"domain": ROUTER_DIR, "version": prev.version}] if prev else []
+                return prev
+            router = self.store.load_router(self.clip.info).to(self.device)
+        except Exception as e:  # BundleError, OSError from a hostile store: keep routing with the old one
+            kind = getattr(e, "kind", type(e).__name__)
+            report.refused.append({"domain": ROUTER_DIR, "version": "", "kind": kind, "message": str(e)})
+            log.error("refused domain router (%s): %s%s", kind, e, f"; still serving {prev.version}" if prev else "")
+            return prev
+        report.loaded.append({"domain": ROUTER_DIR, "version": router.version,
+                              "previous": prev.version if prev else ""})
+        return router
+
+    def signature(self) -> dict[str, str | None]:
+        """Domain (and `_router`) -> CURRENT version on disk (cheap; for polling)."""
+        try:
+            sig = {d: self.store.current_version(d) for d in self.store.domains()}
+            router = self.store.router_version()
         except OSError:
             return {}
+        return {**sig, ROUTER_DIR: router} if router else sig
+
+    def serving(self) -> dict[str, str]:
+        """Domain (and `_router`) -> the version being served, comparable with `signature()`."""
+        snap = self._snapshot
+        out = {d: e.version for d, e in snap.domains.items()}
+        return {**out, ROUTER_DIR: snap.router.version} if snap.router else out
 

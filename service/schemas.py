@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,17 +54,25 @@ ADMIN_ERRORS = {
 
 
 # ---------------------------------------------------------------- classify
-class ClassifyRequest(BaseModel):
-    """JSON form of /classify. Multipart (`image` file + `domain` field) is accepted too."""
+_DOMAIN_DOC = ("domain whose bundle classifies the image; absent or `auto`: the store's domain router picks it "
+               "(the answer's `routing` says which, with what confidence)")
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"image": _PNG_1PX, "domain": "photo"}]})
+
+class ClassifyRequest(BaseModel):
+    """JSON form of /classify. Multipart (`image` file + optional `domain` field) is accepted too."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": _PNG_1PX, "domain": "photo"},
+                                                              {"image": _PNG_1PX}]})
     image: str = Field(description="base64 image bytes (a data: URI prefix is accepted)")
-    domain: str = Field(description="domain whose bundle classifies the image", min_length=1)
+    domain: str | None = Field(None, description=_DOMAIN_DOC, min_length=1)
 
 
 class BatchItemRequest(BaseModel):
-    image: str = Field(description="base64 image bytes")
-    domain: str = Field(min_length=1)
+    """One batch item. Nothing is required by the schema: an item without `image` fails alone (status 422)."""
+
+    image: str | None = Field(None, description="base64 image bytes (required: an item without it fails alone "
+                                                "with status 422)")
+    domain: str | None = Field(None, description=_DOMAIN_DOC, min_length=1)
 
 
 class BatchRequest(BaseModel):
@@ -88,6 +96,20 @@ class LabelScore(BaseModel):
     unsafe: bool
     flagged: bool = Field(description="in scope, unsafe and probability >= threshold")
     calibrated: bool = Field(description="probability is calibrated on held-out images")
+
+
+class CandidateDomain(BaseModel):
+    domain: str
+    probability: float
+
+
+class RoutingInfo(BaseModel):
+    domain: str = Field(description="the domain the router chose")
+    confidence: float = Field(description="router probability of that domain among the served domains")
+    low_confidence: bool = Field(description="confidence below the router's min_confidence: the image also goes "
+                                             "to review unless flagged")
+    candidates: list[CandidateDomain] = Field(description="the most probable domains, best first")
+    router: str = Field(description="router version")
 
 
 class BundleRef(BaseModel):
@@ -124,6 +146,7 @@ class ClassifyResponse(BaseModel):
                                            "REVIEW_OUT_OF_SCOPE is set. Legacy bundles: an unsafe label within "
                                            "REVIEW_MARGIN below its threshold")
     rule: str = Field(description="calibrated, or legacy for bundles written before calibrated decisions")
+    routing: RoutingInfo | None = Field(None, description="set when the domain was routed (none or `auto` sent)")
     latency_ms: float
 
 
@@ -150,7 +173,11 @@ class LabelInfoOut(BaseModel):
     prompt: str
     unsafe: bool
     threshold: float
-    calibrated: bool = Field(description="the label's probability is calibrated on held-out images")
+    calibrated: bool = Field(description="the label's probability is calibrated on held-out images; false for "
+                                         "labels added without retraining (their probability is the closed-set "
+                                         "softmax)")
+    openai_category: str | None = Field(None, description="OpenAI moderation category this label also reports "
+                                                          "in /v1/moderations")
 
 
 class DomainInfo(BaseModel):
@@ -168,6 +195,14 @@ class DomainInfo(BaseModel):
     prompt: dict[str, int]
 
 
+class RouterInfo(BaseModel):
+    version: str
+    domains: list[str] = Field(description="domains it can route to (only served ones are chosen)")
+    min_confidence: float = Field(description="below this router probability a routed image also goes to review")
+    metrics: dict[str, Any] = Field(description="held-out exact-domain and group accuracy, confusion matrix")
+    created_at: str
+
+
 class DomainsResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"domains": [{
         "domain": "photo", "version": "v0001", "group": {"id": "g0", "members": ["photo", "painting"]},
@@ -177,6 +212,8 @@ class DomainsResponse(BaseModel):
         "model": "tiny-clip"}]})
     domains: list[DomainInfo]
     model: str
+    router: RouterInfo | None = Field(None, description="the domain router serving requests sent without a "
+                                                        "domain; null when the store has none")
 
 
 class ReloadItem(BaseModel):
@@ -210,3 +247,170 @@ class ReadyResponse(BaseModel):
     status: str = Field(examples=["ready"])
     domains: int = 0
     reason: str | None = None
+
+
+# ---------------------------------------------------------------- admin: labels without retraining
+OpenAICategory = Literal["harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+                         "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+                         "sexual/minors", "violence", "violence/graphic"]
+
+
+class LabelAddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "star", "prompt": "a photo of a star.", "unsafe": True, "threshold": 0.5,
+         "openai_category": "violence"}]})
+    name: str = Field(description="label name, unique in the domain", min_length=1, max_length=64,
+                      pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+    prompt: str = Field(description="text fed to CLIP through the domain's text prompts", min_length=1,
+                        max_length=300)
+    unsafe: bool = Field(description="flagging this label is a moderation hit")
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="probability (the closed-set softmax: the label is "
+                                                               "uncalibrated) at or above which it flags")
+    openai_category: OpenAICategory | None = Field(None, description="OpenAI moderation category it also reports")
+
+
+class LabelChangeResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "domain": "photo", "version": "v0002", "previous": "v0001",
+        "labels": [{"name": "knife", "prompt": "a photo of a knife.", "unsafe": True, "threshold": 0.58,
+                    "calibrated": True, "openai_category": "violence"},
+                   {"name": "star", "prompt": "a photo of a star.", "unsafe": True, "threshold": 0.5,
+                    "calibrated": False, "openai_category": None}],
+        "reload": {"ok": True, "generation": 2, "loaded": [{"domain": "photo", "version": "v0002",
+                                                            "previous": "v0001"}],
+                   "unchanged": [], "refused": [], "domains": {"photo": "v0002"}}}]})
+    domain: str
+    version: str = Field(description="the version just published (now CURRENT)")
+    previous: str = Field(description="the version it replaced")
+    labels: list[LabelInfoOut]
+    reload: ReloadResponse = Field(description="the hot reload that followed")
+
+
+# ---------------------------------------------------------------- /v1/moderations (OpenAI-compatible)
+class ImageURL(BaseModel):
+    url: str = Field(description="a data URI (data:image/png;base64,...); http(s) URLs are refused: the "
+                                 "server fetches nothing")
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str = Field(description="refused with 400: this service moderates images")
+
+
+class ModerationRequest(BaseModel):
+    """OpenAI's moderation request; only image parts given as data URIs are moderated."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "photo", "input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + _PNG_1PX}}]},
+        {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + _PNG_1PX}}]}]})
+    model: str | None = Field(None, description="a domain, or `auto` (the default): the domain router picks "
+                                                "each image's domain")
+    input: str | list[str | ImagePart | TextPart] = Field(description="image parts; text is refused with 400")
+
+
+class ModerationResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    flagged: bool = Field(description="equals /classify's `flagged` for the same image and domain")
+    categories: dict[str, bool] = Field(description="per unsafe label of the domain, and per OpenAI category "
+                                                    "one maps to: flagged")
+    category_scores: dict[str, float] = Field(description="the label's probability (for an OpenAI category: the "
+                                                          "highest of its labels')")
+    category_applied_input_types: dict[str, list[str]] = Field(description='["image"] per category')
+    domain: str = Field(description="the domain that moderated the image")
+    needs_review: bool
+    routing: RoutingInfo | None = None
+
+
+class ModerationResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "modr-3f1c2a9b8e7d4c6a", "model": "photo@v0001",
+        "results": [{"flagged": True, "categories": {"knife": True, "violence": True, "pill": False},
+                     "category_scores": {"knife": 0.78, "violence": 0.78, "pill": 0.03},
+                     "category_applied_input_types": {"knife": ["image"], "violence": ["image"], "pill": ["image"]},
+                     "domain": "photo", "needs_review": False, "routing": None}]}]})
+    id: str
+    model: str = Field(description="<domain>@<version> that moderated the inputs (comma-separated when routing "
+                                   "chose several)")
+    results: list[ModerationResult] = Field(description="one per image part, in order")
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str = Field(examples=["invalid_request_error"])
+    param: str | None = None
+    code: str | None = Field(None, examples=["model_not_found"])
+
+
+class OpenAIErrorResponse(BaseModel):
+    error: OpenAIErrorBody
+
+
+def openai_error_doc(description: str, code: str, message: str, param: str | None = None,
+                     type_: str = "invalid_request_error") -> dict[str, Any]:
+    return {"model": OpenAIErrorResponse, "description": description, "content": {"application/json": {
+        "example": {"error": {"message": message, "type": type_, "param": param, "code": code}}}}}
+
+
+MODERATION_ERRORS = {
+    400: openai_error_doc("Text input, a remote URL, an undecodable image or a malformed body", "remote_url_not_allowed",
+                          "input[0]: remote URLs are not fetched (SSRF); send the image as a data URI", "input"),
+    404: openai_error_doc("Unknown model (domain)", "model_not_found", "unknown model 'x'; models: ['photo', "
+                          "'auto']", "model"),
+    408: openai_error_doc("The body did not arrive in time", "request_timeout", "the request body did not arrive "
+                          "within 30 s"),
+    413: openai_error_doc("Too many bytes, pixels or inputs", "payload_too_large", "request body exceeds the limit"),
+    415: openai_error_doc("Not JSON, or an unsupported image format", "unsupported_media_type",
+                          "send application/json"),
+    422: openai_error_doc("No domain and no router", "domain_required", "no domain was given and no domain router "
+                          "is loaded", "model"),
+    500: openai_error_doc("The model failed on the batch", "inference_failed", "the model failed on this batch",
+                          type_="server_error"),
+    503: {**openai_error_doc("Queue full or shutting down (retry after Retry-After)", "queue_full",
+                             "the server is at capacity", type_="server_error"), "headers": RETRY_AFTER},
+    504: openai_error_doc("No result within the request timeout", "timeout", "no result within 30 s",
+                          type_="server_error"),
+}
+
+
+# ---------------------------------------------------------------- request bodies (multipart or JSON)
+def _inline_refs(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` substituted in place (request bodies need no components)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.rsplit("/", 1)[1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def body_doc(json_model: type[BaseModel], multipart_schema: dict | None = None) -> dict:
+    """`openapi_extra` documenting a request body read by hand: JSON from `json_model`, plus multipart."""
+    content = {"application/json": {"schema": _inline_refs(json_model.model_json_schema())}}
+    if multipart_schema is not None:
+        content = {"multipart/form-data": {"schema": multipart_schema}, **content}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+CLASSIFY_BODY = body_doc(ClassifyRequest, {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary", "description": "the image file"},
+                   "domain": {"type": "string", "minLength": 1, "description": _DOMAIN_DOC, "example": "photo"}}})
+BATCH_BODY = body_doc(BatchRequest, {
+    "type": "object", "required": ["images"],
+    "properties": {"images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},
+                   "domains": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
+                               "description": "one domain per image (or a single domain for all); `auto` or "
+                                              "absent: routed"}}})
+MODERATION_BODY = body_doc(ModerationRequest)

@@ -8,9 +8,15 @@ from .registry import DomainEntry
 
 
 def build_result(entry: DomainEntry, row: dict, *, model: str, review_margin: float, review_out_of_scope: bool,
-                 latency_ms: float) -> dict:
-    """`row` is the image's scores row (bundle label order); the answer lists labels highest score first."""
+                 latency_ms: float, routing: dict | None = None) -> dict:
+    """`row` is the image's scores row (bundle label order); the answer lists labels highest score first.
+
+    `routing` (service.routing.route_info) is set when the router chose the domain. A routed image
+    whose router confidence is below the router's min_confidence and that is not flagged goes to
+    review: the domain it was scored in may be the wrong one.
+    """
     d = decide(row, entry.rule, review_out_of_scope=review_out_of_scope, review_margin=review_margin)
+    review = d["needs_review"] or bool(routing and routing["low_confidence"] and not d["flagged"])
     labels = sorted(d["labels"], key=lambda lab: lab["score"], reverse=True)
     return {
         "domain": entry.domain,
@@ -21,7 +27,7 @@ def build_result(entry: DomainEntry, row: dict, *, model: str, review_margin: fl
         "out_of_scope": not d["in_scope"],
         "scope_score": d["scope_score"] if abs(d["scope_score"]) != float("inf") else None,
         "flagged": d["flagged"],
-        "needs_review": d["needs_review"],
+        "needs_review": review,
         "rule": "legacy" if entry.rule.legacy else "calibrated",
         "latency_ms": round(latency_ms, 3),
-    }
+    } | ({"routing": routing} if routing is not None else {})

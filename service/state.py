@@ -15,6 +15,7 @@ from .engine import BatchingEngine
 from .errors import ApiError
 from .metrics import ServiceMetrics
 from .registry import BundleRegistry
+from .routing import DomainRouting
 from .settings import Settings
 
 
@@ -27,6 +28,7 @@ class ServiceState:
     registry: BundleRegistry | None = None
     engine: BatchingEngine | None = None
     decoder: ImageDecoder | None = None
+    routing: DomainRouting | None = None  # images sent without a domain
     ready: bool = False  # model + bundles loaded and warmed up
     draining: bool = False  # SIGTERM received: /readyz 503, in-flight work finishing
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -1,4 +1,5 @@
-"""`python -m training <command>`: synth, pretrain-tiny, group, train, evaluate, export, rollback, fit, demo.
+"""`python -m training <command>`: synth, pretrain-tiny, group, train, evaluate, export, rollback, fit, router,
+label, demo.
 
 Options come from the dataclasses in config.py (their defaults and help texts), so `--help`
 shows every default. `main(argv)` is what tests call.
@@ -27,6 +28,7 @@ from .config import (
     TrainConfig,
     to_dict,
 )
+from .router import RouterConfig
 
 log = logging.getLogger("training")
 
@@ -129,6 +131,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(s, EvalConfig)
     add_config(s, ExportConfig, skip=("seed",))
     add_config(s, DecisionConfig)
+
+    s.add_argument("--no-router", action="store_true", help="do not fit and publish the domain router")
+    add_config(s, RouterConfig)
+
+    s = sub.add_parser("router", help="fit the domain router on bare-CLIP features and publish it into a store",
+                       formatter_class=fmt)
+    s.add_argument("--data", required=True, type=Path, help="DATA directory (ImageFolder per domain)")
+    s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all folders)")
+    s.add_argument("--store", required=True, type=Path, help="bundle store root (writes STORE/_router/)")
+    s.add_argument("--created-at", default="", help="manifest created_at (empty: now)")
+    add_config(s, ModelConfig)
+    s.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory (SigLIP offline)")
+    add_config(s, SplitConfig)
+    add_config(s, RouterConfig)
+
+    s = sub.add_parser("label", help="add or remove a label of a published domain without retraining",
+                       formatter_class=fmt)
+    lab = s.add_subparsers(dest="label_command", required=True)
+    for name, what in (("add", "publish the next version with one more (uncalibrated) label"),
+                       ("remove", "publish the next version without a label")):
+        t = lab.add_parser(name, help=what, formatter_class=fmt)
+        t.add_argument("--store", required=True, type=Path, help="bundle store root")
+        t.add_argument("--domain", required=True, help="domain whose CURRENT bundle is edited")
+        t.add_argument("--name", required=True, help="label name, e.g. star")
+        if name == "add":
+            t.add_argument("--prompt", required=True, help="text fed to CLIP, e.g. 'a photo of a star.'")
+            t.add_argument("--unsafe", action="store_true", help="flagging this label is a moderation hit")
+            t.add_argument("--threshold", type=float, default=0.5, help="probability at or above which it flags")
+            t.add_argument("--openai-category", default=None, help="OpenAI moderation category it also reports")
 
     s = sub.add_parser("demo", help="rebuild the embedded tiny CLIP and the demo bundles from seeds",
                        formatter_class=fmt)
@@ -278,14 +309,50 @@ def cmd_fit(ns) -> int:
     do_train(ctx, run, groups)
     rep = do_evaluate(ctx, ns, run, groups)
     out = do_export(ctx, ns, run, ns.store, ctx.train.seed)
+    routed = None if ns.no_router else do_router(ctx, ns, ns.store, groups, ns.created_at)
     minutes = (time.time() - t0) / 60
     v = rep["variants"]
     summary = {"groups": groups, "minutes": round(minutes, 2),
                "means": {k: round(r["mean"], 4) for k, r in v.items()},
-               "exported": {d: o["version"] for d, o in out.items()}}
+               "exported": {d: o["version"] for d, o in out.items()},
+               "router": routed and {k: routed["metrics"].get(k) for k in ("accuracy", "group_accuracy", "n")}
+               | {"version": routed["version"]}}
     (run / "fit.json").write_text(json.dumps(summary, indent=1) + "\n")
     print((run / "report.md").read_text())
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def do_router(ctx: Context, ns, store: Path, groups: list[list[str]] | None, created: str = "") -> dict | None:
+    from .router import publish_router
+
+    if not ctx.dist.is_main or len(ctx.data.tasks) < 2:
+        return None  # one domain needs no router
+    return publish_router(ctx.clip, ctx.cache, ctx.data, store, read_config(ns, RouterConfig), groups=groups,
+                          created=created)
+
+
+def cmd_router(ns) -> int:
+    from .router import read_groups
+
+    ctx = Context(ns, ns.data)
+    out = do_router(ctx, ns, ns.store, read_groups(ns.data), ns.created_at)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_label(ns) -> int:
+    from promptclip import Label, PromptStore
+    from promptclip.labels import publish_label_edit
+
+    store = PromptStore(ns.store)
+    if ns.label_command == "add":
+        label = Label(ns.name, ns.prompt, ns.unsafe, ns.threshold, openai_category=ns.openai_category)
+        bundle, previous = publish_label_edit(store, ns.domain, add=label)
+    else:
+        bundle, previous = publish_label_edit(store, ns.domain, remove=ns.name)
+    print(json.dumps({"domain": ns.domain, "version": bundle.version, "previous": previous,
+                      "labels": [lab.name for lab in bundle.manifest.labels]}))
     return 0
 
 
@@ -298,7 +365,7 @@ def cmd_demo(ns) -> int:
 
 COMMANDS = {"synth": cmd_synth, "pretrain-tiny": cmd_pretrain, "group": cmd_group, "train": cmd_train,
             "evaluate": cmd_evaluate, "export": cmd_export, "rollback": cmd_rollback, "fit": cmd_fit,
-            "demo": cmd_demo}
+            "router": cmd_router, "label": cmd_label, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,6 @@
-"""POST /admin/reload: rescan the store and hot-swap changed bundles (bearer token)."""
+"""Admin (bearer token): POST /admin/reload rescans the store and hot-swaps changed bundles;
+POST /admin/domains/{domain}/labels and DELETE /admin/domains/{domain}/labels/{name} publish a new
+bundle version with one label more or less (promptclip.labels: no retraining), then reload."""
 
 from __future__ import annotations
 
@@ -8,12 +10,17 @@ import hmac
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from promptclip import Label
+from promptclip.labels import LabelEditError, publish_label_edit
+
 from ..errors import ApiError
-from ..schemas import ADMIN_ERRORS, ReloadResponse
+from ..inputs import lookup
+from ..schemas import ADMIN_ERRORS, LabelAddRequest, LabelChangeResponse, ReloadResponse, error_doc
 from ..state import ServiceState, StateDep
+from .domains import label_infos
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -54,3 +61,52 @@ async def reload_store(state: ServiceState) -> dict:
 async def reload(state: AdminDep) -> dict:
     """Refused bundles are listed under `refused`; their previous version keeps serving."""
     return await reload_store(state)
+
+
+_EDIT_STATUS = {"unknown_label": 404, "label_exists": 409, "too_few_labels": 409, "too_many_labels": 409,
+                "invalid_label": 422}
+LABEL_ERRORS = {
+    **ADMIN_ERRORS,
+    404: error_doc("Unknown domain or label", "unknown_label", "photo has no label 'star'; labels: [...]"),
+    409: error_doc("The label exists already, the domain would keep fewer than 2 labels or more than 256, or the "
+                   "store is not writable", "label_exists", "photo already has a label 'star'; remove it first"),
+    422: error_doc("Invalid label fields", "validation_error", "threshold: Input should be less than or equal to 1"),
+}
+DomainPath = Annotated[str, Path(description="a served domain", examples=["photo"])]
+
+
+async def edit_labels(state: ServiceState, domain: str, *, add: Label | None = None,
+                      remove: str | None = None) -> dict:
+    """Publish `domain`'s next version with the edit (serialised with reloads), then hot-reload it."""
+    lookup(state.registry.snapshot, domain)  # 404 for a domain that is not served
+    async with state.reload_lock:
+        try:
+            bundle, previous = await asyncio.to_thread(publish_label_edit, state.registry.store, domain, add=add,
+                                                       remove=remove, base=state.clip.info)
+        except LabelEditError as e:
+            raise ApiError(_EDIT_STATUS[e.kind], e.kind, str(e)) from None
+        except OSError as e:
+            raise ApiError(409, "store_not_writable", f"cannot publish into the bundle store ({e.strerror or e}); "
+                                                      "label edits need a writable MODERATION_STORE_DIR") from None
+    log.info("label %s %r on %s: published %s (was %s)", "added" if add else "removed", add.name if add else remove,
+             domain, bundle.version, previous)
+    reload = await reload_store(state)
+    served = state.registry.snapshot.domains[domain]  # the new version, unless the reload refused it
+    return {"domain": domain, "version": bundle.version, "previous": previous, "reload": reload,
+            "labels": label_infos(served)}
+
+
+@router.post("/domains/{domain}/labels", response_model=LabelChangeResponse, status_code=201,
+             responses=LABEL_ERRORS, summary="Add a label to a domain without retraining")
+async def add_label(domain: DomainPath, body: LabelAddRequest, state: AdminDep) -> dict:
+    """Publishes the domain's next version (same prompt tensors, one more label, uncalibrated: its probability
+    is the closed-set softmax) and hot-reloads it."""
+    label = Label(body.name, body.prompt, body.unsafe, body.threshold, openai_category=body.openai_category)
+    return await edit_labels(state, domain, add=label)
+
+
+@router.delete("/domains/{domain}/labels/{name}", response_model=LabelChangeResponse, responses=LABEL_ERRORS,
+               summary="Remove a label from a domain without retraining")
+async def remove_label(domain: DomainPath, name: Annotated[str, Path(examples=["star"])], state: AdminDep) -> dict:
+    """Publishes the domain's next version without the label (its scope-bank rows dropped) and hot-reloads it."""
+    return await edit_labels(state, domain, remove=name)

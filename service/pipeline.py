@@ -1,0 +1,84 @@
+"""Images through the service: decode, route those sent without a domain, classify, build the answers.
+
+/classify, /classify/batch and /v1/moderations all call `classify_items`, so they answer alike:
+an item is decoded (its domain checked first), items without a domain are routed together, and
+every item is queued in one step so that they land in the same micro-batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApiError
+from .inputs import check_domain, lookup
+from .registry import DomainEntry, Snapshot
+from .routing import AUTO, route_info
+from .scoring import build_result
+from .state import ServiceState
+
+
+def requested_domain(value: Any) -> str | None:
+    """None (route the image) for a missing domain or `auto`; else the checked domain name."""
+    return None if value is None or value == AUTO else check_domain(value)
+
+
+@dataclass
+class Item:
+    """One image of a request: its bytes and domain (None: route it), or the error it already failed with."""
+
+    data: bytes | None = None
+    domain: str | None = None
+    error: ApiError | None = None
+
+
+async def classify_items(state: ServiceState, snapshot: Snapshot, items: list[Item], t0: float) -> list[Any]:
+    """Per item, the /classify answer (a dict) or the ApiError it failed with alone."""
+
+    async def decode(it: Item):
+        if it.error is not None:
+            return it.error
+        try:
+            entry = None if it.domain is None else lookup(snapshot, it.domain)
+            return entry, await state.decoder.decode(it.data)
+        except ApiError as e:
+            return e
+
+    decoded: list[Any] = list(await asyncio.gather(*(decode(it) for it in items)))
+    routing: dict[int, dict] = {}
+    todo = [i for i, d in enumerate(decoded) if not isinstance(d, ApiError) and d[0] is None]
+    if todo:
+        try:
+            routes = await state.routing.route([decoded[i][1] for i in todo], snapshot)
+        except ApiError as e:
+            for i in todo:
+                decoded[i] = e
+        else:
+            for i, r in zip(todo, routes, strict=True):
+                decoded[i] = (snapshot.domains[r.domain], decoded[i][1])
+                routing[i] = route_info(r, snapshot.router.version)
+
+    async def infer(i: int, d: Any):
+        if isinstance(d, ApiError):
+            return d
+        try:
+            return await _answer(state, snapshot, d[0], d[1], routing.get(i), t0)
+        except ApiError as e:
+            return e
+
+    return list(await asyncio.gather(*(infer(i, d) for i, d in enumerate(decoded))))
+
+
+async def _answer(state: ServiceState, snapshot: Snapshot, entry: DomainEntry, pixels, routing: dict | None,
+                  t0: float) -> dict:
+    s = state.settings
+    row = await state.engine.classify(pixels, entry, snapshot)
+    result = build_result(entry, row, model=state.model_name, review_margin=s.review_margin,
+                          review_out_of_scope=s.review_out_of_scope,
+                          latency_ms=(time.perf_counter() - t0) * 1000.0, routing=routing)
+    state.metrics.images.labels(entry.domain).inc()
+    if result["flagged"]:
+        state.metrics.flagged.labels(entry.domain).inc()
+    return result

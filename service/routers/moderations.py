@@ -1,0 +1,167 @@
+"""POST /v1/moderations: OpenAI's moderation endpoint, for pipelines that already use the official SDK.
+
+`model` is a domain, `auto` or absent (auto: the domain router picks each image's domain). `input`
+holds image parts as data URIs; remote URLs are refused (the server fetches nothing: no SSRF), and
+so is text (this service moderates images). Each image part gets one result, computed by the same
+path as /classify (`service.pipeline`), so `flagged` is /classify's. Categories are the domain's
+unsafe labels plus the OpenAI category a label maps to (`openai_category` in the manifest).
+
+Every error on this route has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+with the same status as elsewhere, so the SDK raises its typed exceptions (BadRequestError,
+NotFoundError, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import ApiError, validation_error
+from ..inputs import JSON, body_limit, content_kind, decode_base64, parse_json, read_body
+from ..pipeline import Item, classify_items
+from ..registry import DomainEntry, Snapshot
+from ..routing import AUTO, can_route, no_router
+from ..schemas import MODERATION_BODY, MODERATION_ERRORS, ModerationResponse
+from ..state import StateDep
+
+log = logging.getLogger(__name__)
+
+_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
+          429: "rate_limit_error"}
+
+
+class ParamError(ApiError):
+    """An ApiError that names the request parameter at fault (OpenAI's `param`)."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(status, code, message, headers)
+        self.param = param
+
+
+def openai_error(err: ApiError, request: Request) -> JSONResponse:
+    request.state.error_code = err.code  # read by the metrics middleware
+    kind = _TYPES.get(err.status, "server_error" if err.status >= 500 else "invalid_request_error")
+    body = {"error": {"message": err.message, "type": kind, "param": getattr(err, "param", None), "code": err.code}}
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+class OpenAIErrorRoute(APIRoute):
+    """A route whose errors, from its dependencies too, leave in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as e:
+                return openai_error(e, request)
+            except RequestValidationError:
+                return openai_error(validation_error("invalid request"), request)
+            except StarletteHTTPException as e:
+                return openai_error(ApiError(e.status_code, "http_error", str(e.detail)), request)
+            except Exception:
+                log.exception("unhandled error on %s", request.url.path)
+                return openai_error(ApiError(500, "internal_error", "internal server error; see the server log"),
+                                    request)
+
+        return wrapped
+
+
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrorRoute)
+
+
+def _model_entry(snapshot: Snapshot, model: Any) -> str | None:
+    """The domain `model` names (None: route each image); 404 model_not_found for an unknown one."""
+    if model is None or model == AUTO:
+        return None
+    if not isinstance(model, str):
+        raise ParamError(400, "invalid_model", "model must be a string: a domain or 'auto'", "model")
+    if model not in snapshot.domains:
+        shown = model if len(model) <= 64 else model[:64] + "..."
+        raise ParamError(404, "model_not_found", f"unknown model {shown!r}; models: {[*snapshot.known(), AUTO]}",
+                         "model")
+    return model
+
+
+def _image_data(part: Any, i: int, max_bytes: int) -> bytes:
+    """Bytes of one input part; 400 for text, remote URLs and anything but a base64 data URI."""
+    where = f"input[{i}]"
+    if isinstance(part, str) or (isinstance(part, dict) and part.get("type") == "text"):
+        raise ParamError(400, "text_not_supported", f"{where} is text: this service moderates images only; send "
+                                                    '{"type": "image_url", "image_url": {"url": "data:image/...'
+                                                    ';base64,..."}}', where)
+    url = part.get("image_url", {}).get("url") if isinstance(part, dict) and part.get("type") == "image_url" \
+        and isinstance(part.get("image_url"), dict) else None
+    if not isinstance(url, str):
+        raise ParamError(400, "invalid_input", f'{where} must be {{"type": "image_url", "image_url": {{"url": '
+                                               '"data:image/...;base64,..."}}', where)
+    if url[:8].lower().startswith(("http://", "https://")) or "://" in url[:16]:
+        raise ParamError(400, "remote_url_not_allowed", f"{where}: remote URLs are not fetched (no server-side "
+                                                        "fetching: SSRF); send the image as a data URI "
+                                                        "(data:image/png;base64,...)", where)
+    if not url.startswith("data:"):
+        raise ParamError(400, "invalid_image_url", f"{where}: the url must be a data URI "
+                                                   "(data:image/png;base64,...)", where)
+    try:
+        return decode_base64(url, max_bytes)
+    except ApiError as e:
+        raise ParamError(e.status, e.code, f"{where}: {e.message}", where, e.headers) from None
+
+
+def moderation_result(entry: DomainEntry, answer: dict) -> dict:
+    """OpenAI's per-input result from a /classify answer: unsafe labels and their OpenAI categories."""
+    by_name = {lab["label"]: lab for lab in answer["labels"]}
+    cats: dict[str, bool] = {}
+    scores: dict[str, float] = {}
+    for info in entry.labels:
+        if not info.unsafe:
+            continue
+        lab = by_name[info.name]
+        for key in (info.name, info.openai_category) if info.openai_category else (info.name,):
+            cats[key] = cats.get(key, False) or bool(lab["flagged"])
+            scores[key] = max(scores.get(key, 0.0), float(lab["probability"]))
+    return {"flagged": answer["flagged"], "categories": cats, "category_scores": scores,
+            "category_applied_input_types": {k: ["image"] for k in cats},
+            "domain": answer["domain"], "needs_review": answer["needs_review"], "routing": answer.get("routing")}
+
+
+@router.post("/moderations", response_model=ModerationResponse, responses=MODERATION_ERRORS,
+             openapi_extra=MODERATION_BODY, summary="OpenAI-compatible moderation of images")
+async def moderations(request: Request, state: StateDep) -> JSONResponse:
+    """`{"model": <domain> | "auto", "input": [{"type": "image_url", "image_url": {"url": "data:..."}}]}`;
+    one result per image part, in order. Errors use OpenAI's error shape."""
+    t0 = time.perf_counter()
+    snapshot = state.registry.snapshot
+    s = state.settings
+    if content_kind(request) != JSON:
+        raise ParamError(415, "unsupported_media_type", "send application/json", None)
+    raw = parse_json(await read_body(request, body_limit(s.max_image_bytes, s.max_batch_items), s.body_timeout_s))
+    if not isinstance(raw, dict) or "input" not in raw:
+        raise ParamError(400, "invalid_request", 'the body must be {"model": ..., "input": [...]}', "input")
+    domain = _model_entry(snapshot, raw.get("model"))
+    if domain is None and not can_route(snapshot):
+        raise ParamError(422, "domain_required", no_router(snapshot, "model").message, "model")
+    parts = raw["input"] if isinstance(raw["input"], list) else [raw["input"]]
+    if not parts:
+        raise ParamError(400, "invalid_input", "input must not be empty", "input")
+    if len(parts) > s.max_batch_items:
+        raise ParamError(413, "too_many_items", f"{len(parts)} inputs; the limit is {s.max_batch_items}", "input")
+    items = [Item(_image_data(p, i, s.max_image_bytes), domain) for i, p in enumerate(parts)]
+    answers = await classify_items(state, snapshot, items, t0)
+    for i, a in enumerate(answers):
+        if isinstance(a, ApiError):
+            raise ParamError(a.status, a.code, f"input[{i}]: {a.message}", f"input[{i}]", a.headers) from None
+    models = list(dict.fromkeys(f"{a['domain']}@{a['bundle']['version']}" for a in answers))
+    return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": ",".join(models),
+                         "results": [moderation_result(snapshot.domains[a["domain"]], a) for a in answers]})
