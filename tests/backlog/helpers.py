@@ -49,5 +49,5 @@ def write_parquet(path: Path, files: list[Path], root: Path, as_paths: bool = Fa
 
 def config(input: Path, out: Path, store: Path, **kw) -> ScoreConfig:
     """Small batches and shards so that a handful of images crosses several of each."""
-    return ScoreConfig(input=input, out=out, store=store, domain=kw.pop("domain", "photo"), batch_size=4,
-                       shard_size=kw.pop("shard_size", 5), progress=False, **kw)
+    kw = {"domain": "photo", "batch_size": 4, "shard_size": 5, "progress": False, **kw}
+    return ScoreConfig(input=input, out=out, store=store, **kw)
