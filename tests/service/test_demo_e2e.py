@@ -57,14 +57,15 @@ def test_demo_decisions_hold_on_fresh_images_and_ood_probes(demo_server):
     """What DESIGN §11 promises: few benign false flags, no OOD flags, the manifests' rates reproduce."""
     mod = _measure_module()
     with demo_server.client() as http:
-        report = mod.measure(http, world_seed=UNSEEN_SEED, ood_seed=31, per_class=10, per_kind=10)
+        report = mod.measure(http, world_seed=UNSEEN_SEED, ood_seed=31, per_class=20, per_kind=10)
     logging.getLogger(__name__).info(mod.markdown(report))
     doms = report["domains"]
     for dom, r in doms.items():
         assert r["out_of_scope_flagged"] == 0, dom  # out of scope is never flagged
         assert r["benign_false_flag"]["rate"] <= 0.10, (dom, r)
         for key, claimed in r["claimed"].items():  # a fresh sample reproduces each manifest claim
-            assert abs(r[key]["rate"] - claimed) <= 0.15, (dom, key, r[key], claimed)
+            assert abs(r[key]["rate"] - claimed) <= 0.12 or r[key]["lo"] <= claimed <= r[key]["hi"], (dom, key, r[key],
+                                                                                                       claimed)
     for kind, v in report["ood_flagged_by_kind"].items():
         assert v["rate"] <= 0.10, (kind, v)
     assert sum(r["unsafe_recall"]["rate"] for r in doms.values()) / len(doms) >= 0.5
