@@ -7,4 +7,5 @@ then one final line of JSON. Results and the commands that produced them: bench/
 BENCHES = {
     "encoder": "bench.encoder",  # bare open_clip encode_image vs the prompted image tower
     "service": "bench.service",  # the real HTTP server vs the bare and prompted encoders
+    "backlog": "bench.backlog",  # python -m backlog (local engine) vs bare encode_image; Ray vs local
 }
