@@ -56,6 +56,9 @@ debian_mirror() {
 
 base() {
   ensure
+  # one build at a time (CI starts one in the background; the tests then wait here for it)
+  exec 9>"$CACHE/base.lock"
+  flock 9
   local rootfs=localhost/promptclip-standin-rootfs:bookworm
   local recipe tag
   recipe=$(cat "$HERE/../tests/container/standin-base.Containerfile"; echo "$TORCH")

@@ -45,6 +45,11 @@ def image(base_image) -> str:
     return pm.TAG
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Container tests last: .ci/run builds the stand-in base in the background meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("container") is not None)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if FIGURES:
         terminalreporter.section("container figures (measured in this run)")
