@@ -16,6 +16,7 @@ from tests.container.podman import FIGURES, unavailable
 
 @pytest.fixture(scope="session")
 def podman_ready() -> None:
+    FIGURES["_started"] = str(time.monotonic())
     out = pm.base_script("ensure", timeout=900)
     if out.returncode != 0:
         unavailable(f"podman cannot be set up here: {(out.stderr or out.stdout).strip()[-500:]}")
@@ -51,6 +52,9 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    started = FIGURES.pop("_started", None)
+    if started:  # the container tests run last (above), so this is their wall time, base build included
+        FIGURES["container tests, wall time"] = f"{time.monotonic() - float(started):.0f} s"
     if FIGURES:
         terminalreporter.section("container figures (measured in this run)")
         for k, v in FIGURES.items():
