@@ -45,7 +45,7 @@ def image_features(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 2
 def mine_negatives(model: MultiTaskCLIP, ti: int, tokenizer, cfg: DecisionConfig) -> tuple[list[str], Tensor]:
     """The `cfg.negatives` ImageNet class names least similar to the domain's labels, and their (M, E) features."""
     task = model.tasks[ti]
-    names = [n for n in dict.fromkeys(IMAGENET_CLASSNAMES)]
+    names = list(dict.fromkeys(IMAGENET_CLASSNAMES))
     tp = model.prompts.text(task)
     device = model.encoder.logit_scale.device
     tokens = label_tokens(tokenizer, [cfg.negative_template.format(n) for n in names], tp.shape[1]).to(device)
