@@ -98,6 +98,14 @@ class DecisionConfig:
     ood_seed: int = opt(0, "seed of the OOD probe set the manifest's OOD rates are measured on")
     ood_per_kind: int = opt(40, "OOD probe images per kind (noise, flat, gradient, text, screen, pattern, shapes)")
 
+    def __post_init__(self) -> None:
+        for name in ("max_false_flag", "false_flag_confidence", "review_target", "review_budget", "scope_keep"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
+        unknown = sorted(set(self.scope_signals) - {"mahalanobis", "neglabel"})
+        if unknown:
+            raise ValueError(f"unknown --scope-signals {unknown}; accepted: mahalanobis, neglabel")
+
 
 @dataclass
 class ExportConfig:
