@@ -9,7 +9,9 @@ What it does:
      per domain (random prompts, production sizes) into a temporary store;
   2. starts `python -m service` in a subprocess with MODERATION_* settings, waits for /readyz;
   3. drives it over HTTP with JPEG uploads and mixed domains: /classify at each concurrency,
-     then /classify/batch;
+     then /classify/batch; then the same highest-concurrency /classify and the batch again with
+     no domain, so the store's router picks it (one extra bare-CLIP forward per image):
+     routed_over_explicit compares them in the same run;
   4. between the HTTP phases, measures in this process the bare open_clip `encode_image`
      and the prompted image tower (PromptedCLIP through promptclip.accel.ImageRunner, what
      the server runs) on the same images, preprocessed once: model only, decode and
@@ -103,6 +105,18 @@ def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_p
         store.publish(bundle, base=info)
 
 
+def publish_router(clip, store_dir: Path, domains: list[str], pixels: list[torch.Tensor]) -> None:
+    """A router over `domains` fitted on the bench images (domain i % D): real routing cost, arbitrary routes."""
+    from promptclip.router import fit_router, make_router
+
+    p = next(clip.model.parameters())
+    with torch.inference_mode():
+        feats = clip.model.encode_image(torch.stack(pixels).to(p.device, p.dtype), normalize=True).float().cpu()
+    labels = torch.arange(len(pixels)) % len(domains)
+    router = make_router(fit_router(feats, labels, domains), domains, clip.info, version="v0001")
+    PromptStore(store_dir).publish_router(router, base=clip.info)
+
+
 def make_jpegs(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:
     """Photo-like JPEGs: smooth colour fields plus fine noise, quality 90."""
     rng = np.random.default_rng(seed)
@@ -125,11 +139,12 @@ def free_port() -> int:
 
 # ----------------------------------------------------------------------------- load generation
 async def drive(url: str, jpegs: list[bytes], domains: list[str], concurrency: int, warmup_s: float,
-                duration_s: float, batch_items: int = 0) -> dict:
+                duration_s: float, batch_items: int = 0, routed: bool = False) -> dict:
     """Closed-loop load: `concurrency` clients, each sending its next request when one returns.
 
     Throughput counts the images whose request completed inside the measured window. With
-    `batch_items` > 0 each request is a /classify/batch of that many images.
+    `batch_items` > 0 each request is a /classify/batch of that many images. `routed`: no domain
+    is sent, the server's router picks it.
     """
     import httpx
 
@@ -147,13 +162,13 @@ async def drive(url: str, jpegs: list[bytes], domains: list[str], concurrency: i
             if batch_items:
                 sel = [(i + j) % len(jpegs) for j in range(batch_items)]
                 files = [("images", (f"{j}.jpg", jpegs[j], "image/jpeg")) for j in sel]
-                data = {"domains": [domains[(i + j) % len(domains)] for j in range(batch_items)]}
+                data = {} if routed else {"domains": [domains[(i + j) % len(domains)] for j in range(batch_items)]}
                 r = await http.post("/classify/batch", files=files, data=data)
                 ok = r.status_code == 200 and all(it["status"] == 200 for it in r.json()["results"])
                 n = batch_items
             else:
                 r = await http.post("/classify", files={"image": ("x.jpg", jpegs[i % len(jpegs)], "image/jpeg")},
-                                    data={"domain": domains[i % len(domains)]})
+                                    data={} if routed else {"domain": domains[i % len(domains)]})
                 ok, n = r.status_code == 200, 1
             t1 = time.perf_counter()
             i += batch_items or 1
@@ -312,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         pixels = [clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
         decode_ms = 1e3 * (time.perf_counter() - t) / len(jpegs)
+        publish_router(clip, tmp / "store", domains, pixels)
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -354,20 +370,26 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in got.items():
                 enc_times[k].append(v[0])
 
-        phases = [(f"/classify c={c}", c, 0) for c in levels]
+        phases = [(f"/classify c={c}", c, 0, False) for c in levels]
         if args.batch_items:
-            phases.append((f"/classify/batch x{args.batch_items} c={batch_conc}", batch_conc, args.batch_items))
+            phases.append((f"/classify/batch x{args.batch_items} c={batch_conc}", batch_conc, args.batch_items, False))
+        routed_pairs = {}  # routed phase -> the explicit phase it is compared with
+        for name, conc, items, _ in list(phases[-2:] if args.batch_items else phases[-1:]):
+            routed_pairs[name + " routed"] = name
+            phases.append((name + " routed", conc, items, True))
         encoder_rep(first=True)
         http: dict[str, dict] = {}
-        for name, conc, items in phases:
+        for name, conc, items, routed in phases:
             print(f"[run] {name} for {warm:g}+{duration:g} s", flush=True)
-            http[name] = asyncio.run(drive(url, jpegs, domains, conc, warm, duration, items))
+            http[name] = asyncio.run(drive(url, jpegs, domains, conc, warm, duration, items, routed))
             encoder_rep()
+        routed_over_explicit = {k: http[k]["img_s"] / http[v]["img_s"] if http[v]["img_s"] else None
+                                for k, v in routed_pairs.items()}
 
         bare_s = statistics.median(enc_times["bare"])
         prompted_s = statistics.median(enc_times["prompted"])
         bare_img_s, prompted_img_s = max_batch / bare_s, max_batch / prompted_s
-        best_name = max(http, key=lambda k: http[k]["img_s"])
+        best_name = max((k for k in http if k not in routed_pairs), key=lambda k: http[k]["img_s"])
         best = http[best_name]
         c1 = http.get("/classify c=1")
 
@@ -382,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(model only: decode+preprocess excluded); PIL decode+preprocess {decode_ms:.1f} ms/image/core")
         print(f"best: {best_name} {best['img_s']:.2f} img/s -> service_over_bare "
               f"{best['img_s'] / bare_img_s:.3f}, service_over_prompted {best['img_s'] / prompted_img_s:.3f}")
+        for k, v in routed_over_explicit.items():
+            print(f"routed vs explicit domain: {k} / {routed_pairs[k]} = {v:.3f}" if v else f"{k}: no throughput")
 
         result = {
             "bench": "service", "model": args.model, "device": str(device), "precision": precision,
@@ -396,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             "p50_ms_c1": c1["p50_ms"] if c1 else None, "p99_ms_c1": c1["p99_ms"] if c1 else None,
             "p50_ms_best": best["p50_ms"], "p99_ms_best": best["p99_ms"],
             "decode_preprocess_ms_per_image": decode_ms,
-            "http": http, "encoder_reps": len(enc_times["bare"]),
+            "http": http, "encoder_reps": len(enc_times["bare"]), "routed_over_explicit": routed_over_explicit,
             "machine": machine(),
         }
         if args.py_spy:
