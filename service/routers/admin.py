@@ -67,6 +67,7 @@ _EDIT_STATUS = {"unknown_label": 404, "label_exists": 409, "too_few_labels": 409
                 "invalid_label": 422}
 LABEL_ERRORS = {
     **ADMIN_ERRORS,
+    400: error_doc("The body is not valid JSON", "bad_request", "There was an error parsing the body"),
     404: error_doc("Unknown domain or label", "unknown_label", "photo has no label 'star'; labels: [...]"),
     409: error_doc("The label exists already, the domain would keep fewer than 2 labels or more than 256, or the "
                    "store is not writable", "label_exists", "photo already has a label 'star'; remove it first"),
