@@ -13,7 +13,7 @@ import time
 
 from training.config import ModelConfig, PromptSizes, SplitConfig, TrainConfig
 from training.data import ImageCache, load_tasks
-from training.runtime import load_encoder, setup_determinism
+from training.runtime import RunContext, load_encoder, setup_determinism
 from training.synth import GROUPS
 from training.train import accuracy, predict, train_variant
 
@@ -31,8 +31,8 @@ for spec in sys.argv[2:]:
         kind = type(getattr(TrainConfig, k))
         kw[k] = (x.lower() in ("1", "true", "yes")) if kind is bool else kind(x)
     t = time.time()
-    model = train_variant(clip, enc, data, cache, variant, GROUPS, sizes, TrainConfig(**kw), split,
-                          f"runs/try/{variant}-{'-'.join(kv) or 'default'}", reuse=False)
+    rc = RunContext(clip, enc, data, cache, sizes, TrainConfig(**kw), split)
+    model = train_variant(rc, variant, GROUPS, f"runs/try/{variant}-{'-'.join(kv) or 'default'}", reuse=False)
     acc = accuracy(predict(model, cache, data, "test"))
     print(variant, kw, {k: round(v, 3) for k, v in acc.items()}, "mean", round(sum(acc.values()) / len(acc), 3),
           f"{time.time() - t:.0f}s", flush=True)

@@ -28,7 +28,7 @@ from .config import (
     TrainConfig,
     to_dict,
 )
-from .router import RouterConfig
+from .router_config import RouterConfig
 
 log = logging.getLogger("training")
 
@@ -198,6 +198,14 @@ class Context:
                 "prompt": to_dict(self.sizes), "train": to_dict(self.train), "tasks": self.data.tasks}
         (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
 
+    @property
+    def run_context(self):
+        """The one object the training functions take (training.runtime.RunContext)."""
+        from .runtime import RunContext
+
+        return RunContext(self.clip, self.encoder, self.data, self.cache, self.sizes, self.train, self.split,
+                          self.dist)
+
 
 def cmd_synth(ns) -> int:
     from .synth import write_world
@@ -221,7 +229,7 @@ def do_group(ctx: Context, ns, run: Path) -> dict:
 
     gcfg = read_config(ns, GroupConfig, prefix="group_")
     ctx.save_run_json(run)
-    return group_tasks(ctx.clip, ctx.encoder, ctx.data, ctx.cache, ctx.sizes, ctx.train, ctx.split, gcfg, run)
+    return group_tasks(ctx.run_context, gcfg, run)
 
 
 def read_groups(path: Path) -> list[list[str]]:
@@ -236,16 +244,15 @@ def do_train(ctx: Context, run: Path, groups, variant="group_private", resume=Fa
     if ctx.dist.is_main:
         ctx.save_run_json(run)
     out = run / "models" / f"{variant}-s{ctx.train.seed}"
-    model = train_variant(ctx.clip, ctx.encoder, ctx.data, ctx.cache, variant, groups, ctx.sizes, ctx.train,
-                          ctx.split, out, resume=resume, stop_after=stop_after, dist=ctx.dist, reuse=not resume)
+    model = train_variant(ctx.run_context, variant, groups, out, resume=resume, stop_after=stop_after,
+                          reuse=not resume)
     return out, model
 
 
 def do_evaluate(ctx: Context, ns, run: Path, groups) -> dict:
     from .evaluate import evaluate
 
-    return evaluate(ctx.clip, ctx.encoder, ctx.data, ctx.cache, groups, ctx.sizes, ctx.train, ctx.split,
-                    read_config(ns, EvalConfig), run, dist=ctx.dist)
+    return evaluate(ctx.run_context, groups, read_config(ns, EvalConfig), run)
 
 
 def do_export(ctx: Context, ns, run: Path, store: Path, seed: int) -> dict:
@@ -359,7 +366,7 @@ def cmd_label(ns) -> int:
 def cmd_demo(ns) -> int:
     from .demo import build_demo
 
-    print(json.dumps(build_demo(ns.work, ns.store, ns.skip_pretrain, ns.created_at), indent=1))
+    print(json.dumps(build_demo(ns.work, ns.store, main, ns.skip_pretrain, ns.created_at), indent=1))
     return 0
 
 

@@ -70,15 +70,27 @@ class GroupConfig:
                           type=int)
     tower: str = opt("text", "gradients compared: text | vision | both (text carries the signal; see docs)")
     center: bool = opt(True, "subtract the mean task gradient before the cosines (the pull all tasks share)")
-    method: str = opt("agglomerative", "agglomerative (threshold-free, cut by silhouette) | bands")
+    method: str = opt("agglomerative", "agglomerative (threshold-free, cut by silhouette) | bands (the source's "
+                                       "threshold bands) | exhaustive (the source's max total within-group similarity, "
+                                       "N <= 10)")
     bands: list = opt([0.8, 0.6], "band lower bounds for --group-method bands, highest first", nargs="+", type=float)
+    bands_center: bool = opt(False, "apply the bands to the centred matrix (default: uncentred, as the source states "
+                                    "its 0.8 / 0.6)")
+    measure: str = opt("cosine", "cosine | dot (the literal product of the gradients, one scale per snapshot)")
+    stability_resamples: int = opt(2, "bootstrap resamples of the shots regrouped at every snapshot, for the "
+                                      "stability report (0: snapshots only)")
+    stability_draws: int = opt(200, "resamples of the snapshots for the stability report")
 
 
 @dataclass
 class EvalConfig:
     seeds: list = opt([0, 1, 2], "training seeds; the report gives mean ± sd over them", nargs="+", type=int)
-    variants: list = opt(["zero_shot", "private_only", "all_shared", "group_private", "global_group_private"],
-                         "variants to evaluate", nargs="+")
+    variants: list = opt(["zero_shot", "private_only", "all_shared", "group_private", "global_group_private",
+                          "random_groups", "prototype"], "variants to evaluate (random_groups: the groups' sizes, "
+                         "random members; prototype: nearest class mean of the shots' frozen image features)",
+                         nargs="+")
+    random_draws: int = opt(1, "random partitions per training seed for random_groups (draws differ across seeds)")
+    bootstrap: int = opt(2000, "bootstrap resamples (seeds x test images) for the paired 95 percent intervals")
 
 
 @dataclass

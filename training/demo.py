@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from promptclip.loading import EMBEDDED_WEIGHTS
@@ -18,10 +19,9 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def build_demo(work: Path, store: Path, skip_pretrain: bool = False,
+def build_demo(work: Path, store: Path, main: Callable[[list[str]], int], skip_pretrain: bool = False,
                created: str = "2026-01-01T00:00:00+00:00") -> dict:
-    from .cli import main
-
+    """`main` is the CLI's entry point (passed in, so this module does not import the CLI that imports it)."""
     work, store = Path(work), Path(store)
     data, run, scratch = work / "data", work / "run", work / "store"
     for p in (data, run, scratch):

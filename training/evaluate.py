@@ -1,13 +1,16 @@
-"""Evaluation against the baselines (DESIGN §7): five variants, the same budget, several seeds.
+"""Evaluation against the baselines (DESIGN §7): the variants, the same budget, several seeds.
 
 zero_shot            bare CLIP with the label prompts (no training)
 private_only         every task alone: n private tokens
 all_shared           one prompt set for all tasks: n shared tokens, nothing private
 group_private        ours: g tokens shared in the gradient-similarity group + p private
 global_group_private one group holding every task: g shared + p private
+random_groups        control: group_private's layout on random partitions with the same group sizes
+prototype            baseline: nearest class mean of the shots' frozen image features (no training)
 
 Every trained variant gives a task n = g + p prompt tokens per layer per tower and trains for
-the same steps on the same shots (chosen by the seed). Accuracy is on the held-out test split.
+the same steps on the same shots (chosen by the seed). Accuracy is on the held-out test split;
+differences against group_private come with paired bootstrap intervals (training/stats.py).
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ import logging
 import statistics
 from pathlib import Path
 
-from .config import EvalConfig, PromptSizes, SplitConfig, TrainConfig
-from .data import ImageCache, TaskData
+import numpy as np
+
+from .baselines import prototype_params, prototype_predict, random_partition
+from .config import EvalConfig
+from .runtime import RunContext
+from .stats import paired_bootstrap, per_seed_diffs
 from .train import accuracy, predict, train_variant
 
 log = logging.getLogger(__name__)
+OURS = "group_private"
 
 SHOTS_NOTE = ("Shots default to 4 per label per domain: the few-shot regime this method targets. With many shots "
               "every domain can fit private prompts alone (an earlier trial at 16 shots could not tell private, "
@@ -32,69 +40,153 @@ def _sd(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def evaluate(clip, encoder, data: TaskData, cache: ImageCache, groups: list[list[str]], sizes: PromptSizes,
-             tcfg: TrainConfig, split: SplitConfig, ecfg: EvalConfig, run_dir: Path, dist=None) -> dict:
+def _correct(preds) -> dict[str, np.ndarray]:
+    return {d: (p.argmax(1) == y).double().numpy() for d, (p, y) in preds.items()}
+
+
+def run_variant(rc: RunContext, variant: str, groups: list[list[str]], ecfg: EvalConfig, run_dir: Path,
+                keep: bool) -> tuple[dict[str, float], dict[str, np.ndarray], int, list]:
+    """One variant at rc.train.seed: (accuracy per domain, correctness per test image, parameters, partitions)."""
+    seed = rc.train.seed
+    if variant == "prototype":
+        preds = prototype_predict(rc, seed, keep=keep)
+        return accuracy(preds), _correct(preds), prototype_params(rc), []
+    if variant == "random_groups":
+        accs, corrects, parts, params = [], [], [], 0
+        for draw in range(ecfg.random_draws):
+            part = random_partition(rc.data.tasks, groups, seed, draw)
+            model = train_variant(rc, variant, part, run_dir / "models" / f"random_groups-s{seed}-d{draw}")
+            preds = predict(model, rc.cache, rc.data, "test", keep=keep)
+            accs.append(accuracy(preds))
+            corrects.append(_correct(preds))
+            parts.append(part)
+            params = model.prompts.num_trainable()
+        acc = {d: statistics.mean(a[d] for a in accs) for d in accs[0]}
+        return acc, {d: np.mean([c[d] for c in corrects], 0) for d in acc}, params, parts
+    model = train_variant(rc, variant, groups, run_dir / "models" / f"{variant}-s{seed}")
+    preds = predict(model, rc.cache, rc.data, "test", keep=keep)
+    return accuracy(preds), _correct(preds), model.prompts.num_trainable(), []
+
+
+def summarise(by_seed: dict[int, dict[str, float]], params: int, tasks: list[str]) -> dict:
+    """report.json's entry of one variant: means over seeds, sds, per-seed tables."""
+    seeds = sorted(by_seed)
+    means = [statistics.mean(by_seed[s].values()) for s in seeds]
+    return {
+        "per_domain": {d: statistics.mean(by_seed[s][d] for s in seeds) for d in tasks},
+        "mean": statistics.mean(means),
+        "trainable_params": params,
+        "per_domain_sd": {d: _sd([by_seed[s][d] for s in seeds]) for d in tasks},
+        "mean_sd": _sd(means),
+        "per_seed": {str(s): {"per_domain": by_seed[s], "mean": m} for s, m in zip(seeds, means, strict=True)},
+    }
+
+
+def evaluate(rc: RunContext, groups: list[list[str]], ecfg: EvalConfig, run_dir: Path) -> dict:
     """Train (or reuse) every variant for every seed; write report.json and report.md."""
     run_dir = Path(run_dir)
-    keep = clip.info.image_size <= 64  # small images: keep the test set in memory across variants
-    per: dict[str, dict[int, dict[str, float]]] = {v: {} for v in ecfg.variants}
+    keep = rc.clip.info.image_size <= 64  # small images: keep the test set in memory across variants
+    acc: dict[str, dict[int, dict[str, float]]] = {v: {} for v in ecfg.variants}
+    correct: dict[str, dict[int, dict[str, np.ndarray]]] = {v: {} for v in ecfg.variants}
     params: dict[str, int] = {}
+    partitions: dict[str, list] = {}
     for seed in ecfg.seeds:
-        cfg = TrainConfig(**{**tcfg.__dict__, "seed": seed})
+        rcs = rc.with_train(seed=seed)
         for variant in ecfg.variants:
-            if variant == "zero_shot" and per[variant]:
-                per[variant][seed] = next(iter(per[variant].values()))  # no training: the same for every seed
+            if variant == "zero_shot" and acc[variant]:  # no training: the same for every seed
+                first = next(iter(acc[variant]))
+                acc[variant][seed], correct[variant][seed] = acc[variant][first], correct[variant][first]
                 continue
-            model = train_variant(clip, encoder, data, cache, variant, groups, sizes, cfg, split,
-                                  run_dir / "models" / f"{variant}-s{seed}", dist=dist)
-            params[variant] = model.prompts.num_trainable()
-            per[variant][seed] = accuracy(predict(model, cache, data, "test", keep=keep))
-            log.info("seed %d %-21s mean %.3f", seed, variant, statistics.mean(per[variant][seed].values()))
-    variants = {}
-    for v, by_seed in per.items():
-        seeds = sorted(by_seed)
-        means = [statistics.mean(by_seed[s].values()) for s in seeds]
-        variants[v] = {
-            "per_domain": {d: statistics.mean(by_seed[s][d] for s in seeds) for d in data.tasks},
-            "mean": statistics.mean(means),
-            "trainable_params": params[v],
-            "per_domain_sd": {d: _sd([by_seed[s][d] for s in seeds]) for d in data.tasks},
-            "mean_sd": _sd(means),
-            "per_seed": {str(s): {"per_domain": by_seed[s], "mean": m} for s, m in zip(seeds, means, strict=True)},
-        }
+            a, c, params[variant], parts = run_variant(rcs, variant, groups, ecfg, run_dir, keep)
+            acc[variant][seed], correct[variant][seed] = a, c
+            if parts:
+                partitions[str(seed)] = parts
+            log.info("seed %d %-21s mean %.3f", seed, variant, statistics.mean(a.values()))
     report = {
-        "variants": variants, "domains": data.tasks, "seeds": list(ecfg.seeds), "groups": groups,
-        "budget": {"steps": tcfg.steps, "shots_per_label": split.shots, "batch_per_task": tcfg.batch_per_task,
-                   "tokens_per_task_per_layer": sizes.group_tokens + sizes.private_tokens,
-                   "group_tokens": sizes.group_tokens, "private_tokens": sizes.private_tokens, "lr": tcfg.lr},
-        "test_images": {d.name: len(d.test) for d in data.domains},
-        "model": clip.info.to_dict(),
+        "variants": {v: summarise(acc[v], params[v], rc.data.tasks) for v in ecfg.variants},
+        "domains": rc.data.tasks, "seeds": list(ecfg.seeds), "groups": groups,
+        "paired": paired_against(correct, ecfg), "random_partitions": partitions,
+        "grouping_stability": _stability(run_dir),
+        "budget": {"steps": rc.train.steps, "shots_per_label": rc.split.shots,
+                   "batch_per_task": rc.train.batch_per_task,
+                   "tokens_per_task_per_layer": rc.sizes.group_tokens + rc.sizes.private_tokens,
+                   "group_tokens": rc.sizes.group_tokens, "private_tokens": rc.sizes.private_tokens,
+                   "lr": rc.train.lr},
+        "test_images": {d.name: len(d.test) for d in rc.data.domains},
+        "model": rc.clip.info.to_dict(),
         "shots_note": SHOTS_NOTE,
     }
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (run_dir / "report.md").write_text(report_markdown(report) + "\n")
+    if rc.dist.is_main:
+        (run_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        (run_dir / "report.md").write_text(report_markdown(report) + "\n")
     return report
 
 
-def report_markdown(report: dict) -> str:
+def paired_against(correct: dict, ecfg: EvalConfig) -> dict:
+    """Every variant minus group_private: point difference, 95% bootstrap interval, per-seed differences."""
+    if OURS not in correct:
+        return {}
+    return {v: {**paired_bootstrap(c, correct[OURS], ecfg.bootstrap), "per_seed": per_seed_diffs(c, correct[OURS])}
+            for v, c in correct.items() if v != OURS}
+
+
+def _stability(run_dir: Path) -> dict | None:
+    path = run_dir / "groups.json"
+    return json.loads(path.read_text()).get("stability") if path.is_file() else None
+
+
+def _table(report: dict) -> list[str]:
     doms = report["domains"]
+    lines = ["| variant | " + " | ".join(doms) + " | mean | trainable params |", "|---|" + "---|" * (len(doms) + 2)]
+    for v, r in report["variants"].items():
+        cells = [f"{100 * r['per_domain'][d]:.1f} ± {100 * r['per_domain_sd'][d]:.1f}" for d in doms]
+        mean = f"{100 * r['mean']:.1f} ± {100 * r['mean_sd']:.1f}"
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {mean} | {r['trainable_params']:,} |")
+    return lines
+
+
+def _paired_lines(report: dict) -> list[str]:
+    paired = report.get("paired") or {}
+    if not paired:
+        return []
+    seeds = report["seeds"]
+    lines = ["", f"Paired difference, variant minus {OURS} (points of mean accuracy); 95% bootstrap interval over "
+             f"training seeds x test images ({next(iter(paired.values()))['n_boot']} draws); "
+             "grouping is not redrawn (see stability below):", "",
+             "| variant | difference | 95% interval | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|" + "---|" * len(seeds)]
+    for v, p in paired.items():
+        per = " | ".join(f"{100 * p['per_seed'][str(s)]:+.1f}" for s in seeds)
+        lines.append(f"| {v} | {100 * p['diff']:+.1f} | [{100 * p['lo']:+.1f}, {100 * p['hi']:+.1f}] | {per} |")
+    return lines
+
+
+def _stability_lines(report: dict) -> list[str]:
+    st = report.get("grouping_stability")
+    if not st:
+        return ["", "Grouping variance is not in the intervals: the groups come from one probe run."]
+    parts = [f"{k.replace('_', ' ')}: identical {100 * v['identical']:.0f}% of {v['n']}, mean adjusted Rand "
+             f"{v['ari_mean']:.2f}" for k, v in st.items() if v.get("n")]
+    return ["", "Grouping variance is not in the intervals: the groups come from one probe run. Their stability "
+            "when regrouped from resampled evidence: " + "; ".join(parts) + "."]
+
+
+def report_markdown(report: dict) -> str:
     seeds = report["seeds"]
     b = report["budget"]
     lines = [f"# Evaluation: top-1 accuracy (%) on the held-out test split, mean ± sd over seeds {seeds}", "",
              f"Budget for every trained variant: {b['steps']} steps, {b['shots_per_label']} shots per label, "
              f"{b['batch_per_task']} samples per task per step, {b['tokens_per_task_per_layer']} prompt tokens per "
-             f"task per layer per tower (group_private: {b['group_tokens']} group + {b['private_tokens']} private).",
-             "", "| variant | " + " | ".join(doms) + " | mean | trainable params |",
-             "|---|" + "---|" * (len(doms) + 2)]
-    best = max(report["variants"], key=lambda v: report["variants"][v]["mean"])
-    for v, r in report["variants"].items():
-        cells = [f"{100 * r['per_domain'][d]:.1f} ± {100 * r['per_domain_sd'][d]:.1f}" for d in doms]
-        mean = f"{100 * r['mean']:.1f} ± {100 * r['mean_sd']:.1f}"
-        name = f"**{v}**" if v == best else v
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} | {r['trainable_params']:,} |")
+             f"task per layer per tower (group_private: {b['group_tokens']} group + {b['private_tokens']} private). "
+             "prototype's parameters are its fitted class means (nothing trained by gradient).", ""]
+    lines += _table(report)
     lines += ["", "Per seed (mean over domains, %):", "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|" + "---|" * len(seeds)]
     for v, r in report["variants"].items():
         lines.append(f"| {v} | " + " | ".join(f"{100 * r['per_seed'][str(s)]['mean']:.1f}" for s in seeds) + " |")
+    lines += _paired_lines(report) + _stability_lines(report)
+    if report.get("random_partitions"):
+        lines += ["", "random_groups partitions: " + "; ".join(f"seed {s}: {p}" for s, p in
+                                                                report["random_partitions"].items())]
     lines += ["", f"Groups: {report['groups']}", "", report["shots_note"]]
     return "\n".join(lines)

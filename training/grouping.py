@@ -1,19 +1,22 @@
 """Task grouping by gradient similarity (DESIGN §4).
 
-1. Train one global prompt set shared by all tasks.
+1. Train one global prompt set shared by all tasks (the probe).
 2. At several snapshots (never step 0: there every task pulls the same common direction),
-   take each task's gradient of its own loss w.r.t. the global prompts; by default subtract
-   the mean gradient over tasks (what every task wants from a shared prompt, e.g. "fit the
-   label set at all"), so the cosine compares what each task wants beyond that; average the
-   pairwise cosines over the snapshots.
-3. Group: threshold-free agglomerative clustering (average linkage on 1 - cos, the cut with
-   the best silhouette) by default, or the source method's threshold bands.
+   take each task's gradient of its own loss w.r.t. the global prompts of both towers and keep
+   the Gram matrices (G G^T) per tower; optionally also on bootstrap resamples of the shots.
+3. From the Gram matrices (`partition.similarity_from_gram`): cosine or dot product, centred
+   (minus the mean task gradient: the pull every task shares) or not, averaged over snapshots.
+4. Group (`partition.partition`): threshold-free agglomerative clustering by default, the
+   source's threshold bands (on the uncentred matrix by default, as the source states them), or
+   its exhaustive maximum of total within-group similarity. The partition's stability under
+   resampled snapshots and shots is written beside it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,125 +25,61 @@ import torch.nn.functional as F
 
 from promptclip import MultiTaskCLIP
 
-from .config import GroupConfig, PromptSizes, SplitConfig, TrainConfig
-from .data import ImageCache, TaskData
-from .train import build_model, load_shots, run_training, variant_layout
+from .config import GroupConfig, PromptSizes
+from .partition import (  # noqa: F401 (re-exported: the package's public grouping rules)
+    agglomerative_groups,
+    band_groups,
+    exhaustive_groups,
+    partition,
+    same_partition,
+    similarity_from_gram,
+    stability,
+)
+from .runtime import RunContext
+from .train import FewShot, build_model, load_shots, run_training, variant_layout
 
 log = logging.getLogger(__name__)
+TOWERS = ("text", "vision")
 
 
-def task_gradients(model: MultiTaskCLIP, shots, tower: str) -> torch.Tensor:
-    """(T, P) flattened gradient of each task's loss on its own shots w.r.t. the global prompts."""
+def task_gradients(model: MultiTaskCLIP, shots: FewShot, picks: list[torch.Tensor] | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Per tower, (T, P) flattened gradient of each task's loss on its own shots w.r.t. the global prompts.
+
+    `picks[t]` (optional) are the sample indices of task t, e.g. a bootstrap resample of its shots.
+    """
     vg, tg = model.prompts.group_params(model.tasks[0])  # one group: every task shares these
-    params = {"text": [tg], "vision": [vg], "both": [tg, vg]}[tower]
-    out = []
+    device = model.encoder.logit_scale.device
+    out: dict[str, list[torch.Tensor]] = {"text": [], "vision": []}
     for t in range(len(model.tasks)):
-        idx = shots.by_task(t)
-        device = model.encoder.logit_scale.device
+        idx = shots.by_task(t) if picks is None else picks[t]
         logits = model(shots.images[idx].to(device), shots.tasks[idx].to(device))
         loss = F.cross_entropy(logits, shots.labels[idx].to(device))
-        grads = torch.autograd.grad(loss, params)
-        out.append(torch.cat([g.flatten() for g in grads]).detach().cpu())
-    return torch.stack(out)
+        g_text, g_vision = torch.autograd.grad(loss, [tg, vg])
+        out["text"].append(g_text.flatten().detach().cpu())
+        out["vision"].append(g_vision.flatten().detach().cpu())
+    return {k: torch.stack(v) for k, v in out.items()}
 
 
-def cosine_matrix(g: torch.Tensor, center: bool = False) -> np.ndarray:
-    """(T, T) cosines of task gradients; `center` first removes the mean over tasks (the shared pull)."""
-    g = g.double()
-    if center:
-        g = g - g.mean(0, keepdim=True)
-    g = F.normalize(g, dim=1)
-    return (g @ g.T).numpy()
+def grams(g: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Per tower, the (T, T) Gram matrix of the task gradients, in float64."""
+    return {k: (v.double() @ v.double().T).numpy() for k, v in g.items()}
 
 
-def silhouette(dist: np.ndarray, labels: list[int]) -> float:
-    """Mean silhouette of a partition under a precomputed distance matrix (singletons score 0)."""
-    labels = np.asarray(labels)
-    scores = []
-    for i in range(len(labels)):
-        same = (labels == labels[i]) & (np.arange(len(labels)) != i)
-        if not same.any():
-            scores.append(0.0)
-            continue
-        a = dist[i, same].mean()
-        b = min(dist[i, labels == c].mean() for c in set(labels.tolist()) if c != labels[i])
-        scores.append((b - a) / max(a, b, 1e-12))
-    return float(np.mean(scores))
+def tower_grams(per_snapshot: list[dict[str, np.ndarray]], tower: str) -> np.ndarray:
+    """(S, T, T) Gram matrices of one tower, or of both (concatenated gradients: the sum)."""
+    if tower == "both":
+        return np.stack([s["text"] + s["vision"] for s in per_snapshot])
+    return np.stack([s[tower] for s in per_snapshot])
 
 
-def _canonical(tasks: list[str], clusters: list[list[int]]) -> list[list[str]]:
-    """Groups in task order, each group's members in task order (stable JSON)."""
-    return sorted(([tasks[i] for i in sorted(c)] for c in clusters), key=lambda g: tasks.index(g[0]))
-
-
-def agglomerative_groups(tasks: list[str], sim: np.ndarray) -> tuple[list[list[str]], dict]:
-    """Average-linkage clustering on 1 - similarity, cut where the silhouette is highest.
-
-    No threshold: the matrix itself picks the number of groups (2..N-1). Two tasks group
-    together iff their similarity is positive.
-    """
-    n = len(tasks)
-    if n <= 2:
-        together = n == 2 and sim[0, 1] > 0
-        return _canonical(tasks, [[0, 1]] if together else [[i] for i in range(n)]), {"rule": "n<=2: cos > 0"}
-    dist = 1.0 - sim
-    clusters = [[i] for i in range(n)]
-    partitions = {n: [list(c) for c in clusters]}
-    while len(clusters) > 1:
-        best = None
-        for a in range(len(clusters)):
-            for b in range(a + 1, len(clusters)):
-                d = dist[np.ix_(clusters[a], clusters[b])].mean()
-                if best is None or d < best[0]:
-                    best = (d, a, b)
-        _, a, b = best
-        clusters[a] = clusters[a] + clusters[b]
-        del clusters[b]
-        partitions[len(clusters)] = [list(c) for c in clusters]
-    scores = {}
-    for k in range(2, n):
-        labels = [0] * n
-        for ci, c in enumerate(partitions[k]):
-            for i in c:
-                labels[i] = ci
-        scores[k] = silhouette(dist, labels)
-    k = max(scores, key=lambda kk: (scores[kk], -kk))
-    return _canonical(tasks, partitions[k]), {"rule": "average linkage, cut at best silhouette", "k": k,
-                                              "silhouette": {str(kk): round(v, 4) for kk, v in scores.items()}}
-
-
-def band_groups(tasks: list[str], sim: np.ndarray, bands: list[float]) -> tuple[list[list[str]], dict]:
-    """The source method: tasks whose pairwise similarities all lie in one band form a group.
-
-    Bands are lower bounds, highest first: [0.8, 0.6] means [0.8, inf) then [0.6, 0.8). Groups
-    are grown greedily from the most similar free pair; a task that joins none is a singleton.
-    """
-    free = list(range(len(tasks)))
-    clusters = []
-    uppers = [np.inf] + list(bands[:-1])
-    for lo, hi in zip(bands, uppers, strict=True):
-        def ok(i, j, lo=lo, hi=hi):
-            return lo <= sim[i, j] < hi
-        while True:
-            pairs = [(sim[i, j], i, j) for a, i in enumerate(free) for j in free[a + 1:] if ok(i, j)]
-            if not pairs:
-                break
-            _, i, j = max(pairs)
-            group = [i, j]
-            while True:
-                cand = [(min(sim[c, m] for m in group), c) for c in free
-                        if c not in group and all(ok(c, m) for m in group)]
-                if not cand:
-                    break
-                group.append(max(cand)[1])
-            clusters.append(group)
-            free = [f for f in free if f not in group]
-    clusters += [[i] for i in free]
-    return _canonical(tasks, clusters), {"rule": "threshold bands", "bands": list(bands)}
-
-
-def same_partition(a: list[list[str]], b: list[list[str]]) -> bool:
-    return {frozenset(g) for g in a} == {frozenset(g) for g in b}
+def resample_picks(shots: FewShot, n_tasks: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """A bootstrap resample (with replacement) of each task's shots."""
+    out = []
+    for t in range(n_tasks):
+        idx = shots.by_task(t)
+        out.append(idx[torch.randint(0, len(idx), (len(idx),), generator=gen)])
+    return out
 
 
 def plot_similarity(tasks: list[str], sim: np.ndarray, groups: list[list[str]], path: Path, title: str) -> None:
@@ -173,54 +112,94 @@ def plot_similarity(tasks: list[str], sim: np.ndarray, groups: list[list[str]], 
     plt.close(fig)
 
 
-def group_tasks(clip, encoder, data: TaskData, cache: ImageCache, sizes: PromptSizes, tcfg: TrainConfig,
-                split: SplitConfig, gcfg: GroupConfig, out_dir: Path) -> dict:
-    """Run the grouping; write similarity.json, groups.json and similarity.png into `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+class _Snapshots:
+    """The training hook: Gram matrices of the task gradients at the snapshot steps (and on shot resamples)."""
+
+    def __init__(self, shots: FewShot, steps: list[int], resamples: int, seed: int):
+        self.shots, self.steps, self.resamples = shots, steps, resamples
+        self.gen = torch.Generator().manual_seed(10_000 + seed)  # never the training generator
+        self.main: list[dict[str, np.ndarray]] = []
+        self.resampled: list[list[dict[str, np.ndarray]]] = [[] for _ in range(resamples)]
+
+    def __call__(self, step: int, model: MultiTaskCLIP) -> None:
+        if step not in self.steps:
+            return
+        n = len(model.tasks)
+        self.main.append(grams(task_gradients(model, self.shots)))
+        for r in range(self.resamples):
+            self.resampled[r].append(grams(task_gradients(model, self.shots, resample_picks(self.shots, n, self.gen))))
+        log.info("gradient snapshot at step %d", step)
+
+
+def _check(gcfg: GroupConfig) -> list[int]:
     snaps = sorted({s for s in gcfg.snapshots if 0 < s <= gcfg.steps})
     if not snaps:
         raise ValueError(f"snapshots {gcfg.snapshots} must include steps in 1..{gcfg.steps} (step 0 is left out)")
     if gcfg.tower not in ("text", "vision", "both"):
         raise ValueError(f"tower must be text, vision or both, got {gcfg.tower!r}")
+    if gcfg.measure not in ("cosine", "dot"):
+        raise ValueError(f"measure must be cosine or dot, got {gcfg.measure!r}")
+    if gcfg.method not in ("agglomerative", "bands", "exhaustive"):
+        raise ValueError(f"method must be agglomerative, bands or exhaustive, got {gcfg.method!r}")
+    return snaps
+
+
+def grouping_center(gcfg: GroupConfig) -> bool:
+    """Bands read the uncentred matrix unless asked (the source's 0.8 / 0.6 are uncentred cosines)."""
+    return gcfg.bands_center if gcfg.method == "bands" else gcfg.center
+
+
+def _r(m) -> list:
+    return [[round(float(v), 4) for v in row] for row in m]
+
+
+def similarity_record(tasks: list[str], gcfg: GroupConfig, snaps: list[int], rec: _Snapshots) -> dict:
+    """similarity.json: the matrix grouped on, the usual views of it, and the raw per-snapshot Gram matrices."""
+    center = grouping_center(gcfg)
+    g = tower_grams(rec.main, gcfg.tower)
+    per_snap = [similarity_from_gram(x[None], gcfg.measure, center) for x in g]
+    return {"tasks": tasks, "matrix": _r(similarity_from_gram(g, gcfg.measure, center)), "tower": gcfg.tower,
+            "measure": gcfg.measure, "snapshots": snaps, "centered": center,
+            "uncentered": _r(similarity_from_gram(g, gcfg.measure, False)),
+            "per_tower": {t: _r(similarity_from_gram(tower_grams(rec.main, t), gcfg.measure, gcfg.center))
+                          for t in ("text", "vision", "both")},
+            "per_snapshot": [_r(m) for m in per_snap],
+            "gram": {t: tower_grams(rec.main, t).tolist() for t in TOWERS},
+            "gram_shot_resamples": {t: [tower_grams(r, t).tolist() for r in rec.resampled] for t in TOWERS}}
+
+
+def group_tasks(rc: RunContext, gcfg: GroupConfig, out_dir: Path) -> dict:
+    """Run the grouping; write similarity.json, groups.json and similarity.png into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snaps = _check(gcfg)
+    tcfg, data = rc.train, rc.data
     torch.manual_seed(tcfg.seed)
-    shots = load_shots(cache, data, split, tcfg.seed)
+    shots = load_shots(rc.cache, data, rc.split, tcfg.seed)
     # the probe has its own size and init: the signal needs capacity, not the bundles' small budget
-    probe = PromptSizes(group_tokens=gcfg.probe_tokens, private_tokens=0, depth=sizes.depth)
+    probe = PromptSizes(group_tokens=gcfg.probe_tokens, private_tokens=0, depth=rc.sizes.depth)
     layout, pcfg = variant_layout("all_shared", data.tasks, [data.tasks], probe)
-    model = build_model(encoder, clip.tokenizer, data, layout, pcfg, shots, gcfg.probe_init_scale, tcfg.seed)
-    per_tower: dict[str, list[np.ndarray]] = {"text": [], "vision": [], "both": []}
-    raw: list[np.ndarray] = []
+    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, gcfg.probe_init_scale,
+                             tcfg.seed)
+    rec = _Snapshots(shots, snaps, gcfg.stability_resamples, tcfg.seed)
+    run_training(model, shots, replace(tcfg, steps=gcfg.steps), rms=rms, hook=rec, desc="global prompts")
+    tasks, center = data.tasks, grouping_center(gcfg)
+    similarity = similarity_record(tasks, gcfg, snaps, rec)
+    sim = similarity_from_gram(tower_grams(rec.main, gcfg.tower), gcfg.measure, center)
+    groups, cut = partition(tasks, sim, gcfg.method, gcfg.bands)
 
-    def snapshot(step: int, m: MultiTaskCLIP) -> None:
-        if step in snaps:
-            for tower in per_tower:
-                g = task_gradients(m, shots, tower)
-                per_tower[tower].append(cosine_matrix(g, gcfg.center))
-                if tower == gcfg.tower:
-                    raw.append(cosine_matrix(g))
-            log.info("gradient snapshot at step %d", step)
+    def choose(g: np.ndarray) -> list[list[str]]:
+        return partition(tasks, similarity_from_gram(g, gcfg.measure, center), gcfg.method, gcfg.bands)[0]
 
-    cfg = TrainConfig(**{**tcfg.__dict__, "steps": gcfg.steps})
-    run_training(model, shots, cfg, hook=snapshot, desc="global prompts")
-    mats = {t: np.mean(v, axis=0) for t, v in per_tower.items()}
-    sim = mats[gcfg.tower]
-    tasks = data.tasks
-    if gcfg.method == "agglomerative":
-        groups, cut = agglomerative_groups(tasks, sim)
-    elif gcfg.method == "bands":
-        groups, cut = band_groups(tasks, sim, gcfg.bands)
-    else:
-        raise ValueError(f"method must be agglomerative or bands, got {gcfg.method!r}")
-    r = lambda m: [[round(float(v), 4) for v in row] for row in m]  # noqa: E731
-    similarity = {"tasks": tasks, "matrix": r(sim), "tower": gcfg.tower, "snapshots": snaps, "centered": gcfg.center,
-                  "uncentered": r(np.mean(raw, axis=0)),
-                  "per_tower": {t: r(m) for t, m in mats.items()},
-                  "per_snapshot": [r(m) for m in per_tower[gcfg.tower]]}
-    result = {"groups": groups, "tasks": tasks, "method": gcfg.method, "cut": cut}
+    resampled = np.stack([tower_grams(r, gcfg.tower) for r in rec.resampled]) if rec.resampled else None
+    stab = stability(tasks, groups, tower_grams(rec.main, gcfg.tower), resampled, choose,
+                     draws=gcfg.stability_draws, seed=tcfg.seed)
+    similarity["stability"] = stab
+    result = {"groups": groups, "tasks": tasks, "method": gcfg.method, "measure": gcfg.measure, "tower": gcfg.tower,
+              "centered": center, "cut": cut, "stability": stab}
     (out_dir / "similarity.json").write_text(json.dumps(similarity, indent=1) + "\n")
     (out_dir / "groups.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_similarity(tasks, sim, groups, out_dir / "similarity.png",
-                    f"{gcfg.tower}-tower gradient cosine, mean of steps {snaps}")
-    log.info("groups: %s", groups)
+                    f"{gcfg.tower}-tower gradient {gcfg.measure}{' (centred)' if center else ''}, mean of steps {snaps}")
+    log.info("groups: %s (stability %s)", groups, stab)
     return result

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
 
 from promptclip import LoadedCLIP, ModelSpec, PromptedCLIP, load_clip
 
-from .config import ModelConfig
+from .config import ModelConfig, PromptSizes, SplitConfig, TrainConfig
+from .data import ImageCache, TaskData
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,24 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every training function needs, loaded once per command (one object, not 9-13 arguments)."""
+
+    clip: LoadedCLIP  # the frozen CLIP (tokenizer, preprocess, info)
+    encoder: PromptedCLIP  # its prompted wrapper
+    data: TaskData  # tasks with their fixed splits
+    cache: ImageCache  # preprocessed images, loaded once
+    sizes: PromptSizes  # group / private tokens per layer
+    train: TrainConfig  # the training recipe (its seed picks shots, init, batches)
+    split: SplitConfig  # the fixed test / validation split and the shots per label
+    dist: Dist = field(default_factory=Dist)  # torch.distributed rank / world (world size 1 without torchrun)
+
+    def with_train(self, **changes) -> RunContext:
+        """The same context with some TrainConfig fields changed (e.g. seed, steps)."""
+        return replace(self, train=replace(self.train, **changes))
 
 
 def init_distributed(device: str) -> Dist:

@@ -33,7 +33,7 @@ from promptclip import (
 
 from .config import PromptSizes, SplitConfig, TrainConfig, to_dict
 from .data import ImageCache, TaskData, fingerprint, items_tensors
-from .runtime import Dist
+from .runtime import Dist, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def variant_layout(variant: str, tasks: list[str], groups: list[list[str]],
         return [[t] for t in tasks], PromptConfig(0, n, depth)
     if variant == "all_shared":
         return [list(tasks)], PromptConfig(n, 0, depth)
-    if variant == "group_private":
+    if variant in ("group_private", "random_groups"):  # random_groups: the same layout on a random partition
         return [list(g) for g in groups], PromptConfig(sizes.group_tokens, sizes.private_tokens, depth)
     if variant == "global_group_private":
         return [list(tasks)], PromptConfig(sizes.group_tokens, sizes.private_tokens, depth)
@@ -69,9 +69,15 @@ class FewShot:
         return (self.tasks == t).nonzero().flatten()
 
 
+StreamRMS = dict[str, Tensor]  # per tower: the frozen residual stream's RMS entering each layer, (L,)
+
+
 def build_model(encoder: PromptedCLIP, tokenizer, data: TaskData, groups: list[list[str]], pcfg: PromptConfig,
-                shots: FewShot, init_scale: float, seed: int) -> MultiTaskCLIP:
-    """Prompts initialised per layer at the frozen stream's RMS (the scale that keeps CLIP working)."""
+                shots: FewShot, init_scale: float, seed: int) -> tuple[MultiTaskCLIP, StreamRMS]:
+    """Prompts initialised per layer at the frozen stream's RMS (the scale that keeps CLIP working).
+
+    Returns the model and the per-layer stream RMS, which `run_training` uses as step sizes.
+    """
     prompts = TaskPrompts(data.tasks, groups, pcfg, encoder.vision_width, encoder.vision_layers,
                           encoder.text_width, encoder.text_layers)
     texts = [p for d in data.domains for p in d.prompts]
@@ -79,8 +85,8 @@ def build_model(encoder: PromptedCLIP, tokenizer, data: TaskData, groups: list[l
     tokens = label_tokens(tokenizer, texts, pcfg.tokens).to(device)
     rms_v, rms_t = measure_stream_rms(encoder, shots.images[:64].to(device), tokens)
     prompts.reset_parameters(rms_v * init_scale, rms_t * init_scale, generator=torch.Generator().manual_seed(seed))
-    prompts.stream_rms = {"vision": rms_v.cpu(), "text": rms_t.cpu()}  # per-layer step sizes (see LayerScaledStep)
-    return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device)
+    rms = {"vision": rms_v.cpu(), "text": rms_t.cpu()}
+    return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device), rms
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -108,8 +114,7 @@ class LayerScaledStep:
     deeper. Multiplying each layer's update by its RMS makes `lr` a relative step size.
     """
 
-    def __init__(self, prompts: TaskPrompts):
-        rms = getattr(prompts, "stream_rms", None)
+    def __init__(self, prompts: TaskPrompts, rms: StreamRMS | None = None):
         self.scales = []
         for name, prm in prompts.named_parameters():
             tower = "vision" if name.startswith("vision") else "text"
@@ -130,11 +135,12 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, out_dir: Path | None = None,
-                 resume: bool = False, dist: Dist | None = None, stop_after: int = 0,
+def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms: StreamRMS | None = None,
+                 out_dir: Path | None = None, resume: bool = False, dist: Dist | None = None, stop_after: int = 0,
                  hook: Callable[[int, MultiTaskCLIP], None] | None = None, desc: str = "train") -> bool:
     """Train `model.prompts` in place. Returns False if stopped early by `stop_after` epochs.
 
+    `rms` (from `build_model`) scales each layer's step (`LayerScaledStep`); None: unscaled.
     `hook(step, model)` runs after `step` optimizer steps (1..steps), e.g. gradient snapshots.
     """
     dist = dist or Dist()
@@ -148,7 +154,7 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, out_
                                                         else None)
     opt = torch.optim.AdamW(prompts.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup))
-    stepper = LayerScaledStep(prompts)
+    stepper = LayerScaledStep(prompts, rms)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     start = 0
     ckpt = out_dir / "last.pt" if out_dir is not None else None
@@ -207,22 +213,20 @@ def run_key(variant: str, groups, pcfg: PromptConfig, cfg: TrainConfig, split: S
             "split": to_dict(split), "data": fingerprint(data), "base": base, "tasks": data.tasks}
 
 
-def train_variant(clip, encoder: PromptedCLIP, data: TaskData, cache: ImageCache, variant: str,
-                  groups: list[list[str]], sizes: PromptSizes, cfg: TrainConfig, split: SplitConfig,
-                  out_dir: Path, *, resume: bool = False, stop_after: int = 0, dist: Dist | None = None,
-                  reuse: bool = True) -> MultiTaskCLIP | None:
-    """Train one variant into `out_dir` (final.pt); reuse a finished run with the same key.
+def train_variant(rc: RunContext, variant: str, groups: list[list[str]], out_dir: Path, *, resume: bool = False,
+                  stop_after: int = 0, reuse: bool = True) -> MultiTaskCLIP | None:
+    """Train one variant into `out_dir` (final.pt) with `rc.train` (its seed); reuse a finished run with the same key.
 
     Returns the model with trained prompts, or None if `stop_after` interrupted it.
     """
-    dist = dist or Dist()
+    cfg, data = rc.train, rc.data
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layout, pcfg = variant_layout(variant, data.tasks, groups, sizes)
-    key = run_key(variant, layout, pcfg, cfg, split, data, clip.info.to_dict())
+    layout, pcfg = variant_layout(variant, data.tasks, groups, rc.sizes)
+    key = run_key(variant, layout, pcfg, cfg, rc.split, data, rc.clip.info.to_dict())
     torch.manual_seed(cfg.seed)
-    shots = load_shots(cache, data, split, cfg.seed)
-    model = build_model(encoder, clip.tokenizer, data, layout, pcfg, shots, cfg.init_scale, cfg.seed)
+    shots = load_shots(rc.cache, data, rc.split, cfg.seed)
+    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, cfg.init_scale, cfg.seed)
     final = out_dir / "final.pt"
     if reuse and final.is_file():
         saved = torch.load(final, map_location="cpu", weights_only=False)
@@ -231,11 +235,11 @@ def train_variant(clip, encoder: PromptedCLIP, data: TaskData, cache: ImageCache
             log.info("reusing finished run %s", out_dir)
             return model
     if variant != "zero_shot":
-        finished = run_training(model, shots, cfg, out_dir=out_dir, resume=resume, dist=dist, stop_after=stop_after,
-                                desc=f"{variant} s{cfg.seed}")
+        finished = run_training(model, shots, cfg, rms=rms, out_dir=out_dir, resume=resume, dist=rc.dist,
+                                stop_after=stop_after, desc=f"{variant} s{cfg.seed}")
         if not finished:
             return None
-    if dist.is_main:
+    if rc.dist.is_main:
         _atomic_save({"key": key, "prompts": model.prompts.state_dict(),
                       "labels": {d.name: [asdict(lab) for lab in d.labels] for d in data.domains},
                       "trainable_params": model.prompts.num_trainable()}, final)

@@ -36,7 +36,7 @@ def test_fit_runs_on_a_plain_imagefolder_with_a_config_path(tmp_path, tiny_json)
     groups = json.loads((run / "groups.json").read_text())["groups"]
     assert sorted(t for g in groups for t in g) == sorted(DOMAINS)
     report = json.loads((run / "report.json").read_text())["variants"]
-    assert set(report) == {"zero_shot", "private_only", "all_shared", "group_private", "global_group_private"}
+    assert {"zero_shot", "private_only", "all_shared", "group_private", "global_group_private"} <= set(report)
     assert set(report["group_private"]["per_domain"]) == set(DOMAINS)
 
     st = PromptStore(store)

@@ -72,7 +72,8 @@ def test_evaluate_report_shape(world, grouped, trained, tmp_path):
     (run / "groups.json").write_text((grouped / "groups.json").read_text())
     assert main(["evaluate", "--data", str(world), "--run", str(run), *FAST, "--seeds", "0", "1"]) == 0
     rep = json.loads((run / "report.json").read_text())
-    names = ["zero_shot", "private_only", "all_shared", "group_private", "global_group_private"]
+    names = ["zero_shot", "private_only", "all_shared", "group_private", "global_group_private", "random_groups",
+             "prototype"]
     assert list(rep["variants"]) == names
     for name, v in rep["variants"].items():
         assert set(v["per_domain"]) == set(DOMAINS)
@@ -82,6 +83,18 @@ def test_evaluate_report_shape(world, grouped, trained, tmp_path):
         assert (v["trainable_params"] == 0) == (name == "zero_shot")
     p = {k: v["trainable_params"] for k, v in rep["variants"].items()}
     assert p["private_only"] > p["group_private"] >= p["global_group_private"] > p["all_shared"]
+    assert p["random_groups"] == p["group_private"] and p["prototype"] == 8 * len(DOMAINS) * 32  # class means
+    # random_groups: one random partition per seed, the groups' sizes, never the groups themselves
+    groups = rep["groups"]
+    for parts in rep["random_partitions"].values():
+        assert sorted(map(len, parts[0])) == sorted(map(len, groups)) and parts[0] != groups or len(groups) in (1, 4)
+    # paired differences against group_private, with intervals around the point difference
+    assert set(rep["paired"]) == set(names) - {"group_private"}
+    for v in rep["paired"].values():
+        assert -1 <= v["lo"] <= v["hi"] <= 1 and set(v["per_seed"]) == {"0", "1"}
+        assert abs(v["diff"] - sum(v["per_seed"].values()) / 2) < 1e-9
+    md = (run / "report.md").read_text()
+    assert "95% bootstrap interval" in md and "Grouping variance is not in the intervals" in md
     assert rep["variants"]["zero_shot"]["mean_sd"] == 0.0  # no training, same for every seed
     md = (run / "report.md").read_text()
     assert "| group_private |" in md or "| **group_private** |" in md

@@ -1,0 +1,227 @@
+"""From a task similarity matrix to a partition (DESIGN §4), and how stable that partition is.
+
+Pure numpy, no model: every rule here is unit-tested on planted matrices.
+
+* `similarity_from_gram`: cosine or dot product (claim 9's literal "product"), centred or not,
+  from per-snapshot Gram matrices of the task gradients (G G^T), averaged over snapshots.
+* `agglomerative_groups`: threshold-free default (average linkage, cut at the best silhouette).
+* `band_groups`: the source's threshold bands (e.g. all pairwise >= 0.8, then [0.6, 0.8)).
+* `exhaustive_groups`: the source's other criterion, the partition with the largest total
+  within-group similarity, by enumerating every partition (N <= 10: at most 115,975).
+* `adjusted_rand`, `stability`: agreement of partitions regrouped from resampled snapshots / shots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_EXHAUSTIVE = 10  # Bell(10) = 115,975 partitions; Bell(11) would be 678,570
+
+
+def canonical(tasks: list[str], clusters: list[list[int]]) -> list[list[str]]:
+    """Groups in task order, each group's members in task order (stable JSON)."""
+    return sorted(([tasks[i] for i in sorted(c)] for c in clusters), key=lambda g: tasks.index(g[0]))
+
+
+def same_partition(a: list[list[str]], b: list[list[str]]) -> bool:
+    return {frozenset(g) for g in a} == {frozenset(g) for g in b}
+
+
+def similarity_from_gram(grams: np.ndarray, measure: str = "cosine", center: bool = False) -> np.ndarray:
+    """(S, T, T) Gram matrices of task gradients at S snapshots -> (T, T) similarity, mean over snapshots.
+
+    `center` subtracts the mean task gradient first (J G J with J = I - 11^T / T). `cosine`
+    normalises each entry by the two gradients' norms; `dot` keeps the products and divides each
+    snapshot by its mean squared norm (one scale per snapshot, so relative magnitudes survive).
+    """
+    grams = np.asarray(grams, dtype=np.float64)
+    if measure not in ("cosine", "dot"):
+        raise ValueError(f"measure must be cosine or dot, got {measure!r}")
+    t = grams.shape[-1]
+    j = np.eye(t) - np.full((t, t), 1.0 / t)
+    out = []
+    for g in grams:
+        if center:
+            g = j @ g @ j
+        d = np.clip(np.diag(g), 1e-30, None)
+        out.append(g / np.sqrt(np.outer(d, d)) if measure == "cosine" else g / d.mean())
+    return np.mean(out, axis=0)
+
+
+def silhouette(dist: np.ndarray, labels: list[int]) -> float:
+    """Mean silhouette of a partition under a precomputed distance matrix (singletons score 0)."""
+    labels = np.asarray(labels)
+    scores = []
+    for i in range(len(labels)):
+        same = (labels == labels[i]) & (np.arange(len(labels)) != i)
+        if not same.any():
+            scores.append(0.0)
+            continue
+        a = dist[i, same].mean()
+        b = min(dist[i, labels == c].mean() for c in set(labels.tolist()) if c != labels[i])
+        scores.append((b - a) / max(a, b, 1e-12))
+    return float(np.mean(scores))
+
+
+def _linkage_partitions(dist: np.ndarray) -> dict[int, list[list[int]]]:
+    """Average-linkage merges: k -> the partition into k clusters, for k = n..1."""
+    n = len(dist)
+    clusters = [[i] for i in range(n)]
+    partitions = {n: [list(c) for c in clusters]}
+    while len(clusters) > 1:
+        best = None
+        for a in range(len(clusters)):
+            for b in range(a + 1, len(clusters)):
+                d = dist[np.ix_(clusters[a], clusters[b])].mean()
+                if best is None or d < best[0]:
+                    best = (d, a, b)
+        _, a, b = best
+        clusters[a] = clusters[a] + clusters[b]
+        del clusters[b]
+        partitions[len(clusters)] = [list(c) for c in clusters]
+    return partitions
+
+
+def agglomerative_groups(tasks: list[str], sim: np.ndarray) -> tuple[list[list[str]], dict]:
+    """Average-linkage clustering on 1 - similarity, cut where the silhouette is highest.
+
+    No threshold: the matrix itself picks the number of groups (2..N-1).
+    """
+    n = len(tasks)
+    if n <= 2:
+        together = n == 2 and sim[0, 1] > 0
+        return canonical(tasks, [[0, 1]] if together else [[i] for i in range(n)]), {"rule": "n<=2: cos > 0"}
+    dist = 1.0 - sim
+    partitions = _linkage_partitions(dist)
+    scores = {}
+    for k in range(2, n):
+        labels = [0] * n
+        for ci, c in enumerate(partitions[k]):
+            for i in c:
+                labels[i] = ci
+        scores[k] = silhouette(dist, labels)
+    k = max(scores, key=lambda kk: (scores[kk], -kk))
+    return canonical(tasks, partitions[k]), {"rule": "average linkage, cut at best silhouette", "k": k,
+                                             "silhouette": {str(kk): round(v, 4) for kk, v in scores.items()}}
+
+
+def band_groups(tasks: list[str], sim: np.ndarray, bands: list[float]) -> tuple[list[list[str]], dict]:
+    """The source method: tasks whose pairwise similarities all lie in one band form a group.
+
+    Bands are lower bounds, highest first: [0.8, 0.6] means [0.8, inf) then [0.6, 0.8). Groups
+    are grown greedily from the most similar free pair; a task that joins none is a singleton.
+    """
+    free = list(range(len(tasks)))
+    clusters = []
+    uppers = [np.inf] + list(bands[:-1])
+    for lo, hi in zip(bands, uppers, strict=True):
+        def ok(i, j, lo=lo, hi=hi):
+            return lo <= sim[i, j] < hi
+        while True:
+            pairs = [(sim[i, j], i, j) for a, i in enumerate(free) for j in free[a + 1:] if ok(i, j)]
+            if not pairs:
+                break
+            _, i, j = max(pairs)
+            group = [i, j]
+            while True:
+                cand = [(min(sim[c, m] for m in group), c) for c in free
+                        if c not in group and all(ok(c, m) for m in group)]
+                if not cand:
+                    break
+                group.append(max(cand)[1])
+            clusters.append(group)
+            free = [f for f in free if f not in group]
+    clusters += [[i] for i in free]
+    return canonical(tasks, clusters), {"rule": "threshold bands", "bands": list(bands)}
+
+
+def exhaustive_groups(tasks: list[str], sim: np.ndarray) -> tuple[list[list[str]], dict]:
+    """The source's criterion: the partition with the largest total within-group similarity.
+
+    Sum over groups of sim[i, j] over pairs i < j inside the group, maximised over every
+    partition (depth-first, adding one task at a time). On an uncentred matrix with only positive
+    entries this is one group; on a centred one, pairs pull together only where they agree.
+    Ties go to the partition found first (fewer groups, earlier tasks together).
+    """
+    n = len(tasks)
+    if n > MAX_EXHAUSTIVE:
+        raise ValueError(f"exhaustive grouping enumerates every partition; {n} tasks > {MAX_EXHAUSTIVE}: "
+                         "use --group-method agglomerative")
+    best = [-np.inf, None]
+    clusters: list[list[int]] = []
+
+    def place(i: int, score: float) -> None:
+        if i == n:
+            if score > best[0] + 1e-12:
+                best[0], best[1] = score, [list(c) for c in clusters]
+            return
+        for c in clusters:
+            gain = float(sum(sim[i, m] for m in c))
+            c.append(i)
+            place(i + 1, score + gain)
+            c.pop()
+        clusters.append([i])
+        place(i + 1, score)
+        clusters.pop()
+
+    place(0, 0.0)
+    return canonical(tasks, best[1]), {"rule": "max total within-group similarity (exhaustive)",
+                                       "score": round(best[0], 4)}
+
+
+def partition(tasks: list[str], sim: np.ndarray, method: str, bands: list[float]) -> tuple[list[list[str]], dict]:
+    """Dispatch to one grouping rule by name."""
+    if method == "agglomerative":
+        return agglomerative_groups(tasks, sim)
+    if method == "bands":
+        return band_groups(tasks, sim, bands)
+    if method == "exhaustive":
+        return exhaustive_groups(tasks, sim)
+    raise ValueError(f"method must be agglomerative, bands or exhaustive, got {method!r}")
+
+
+def adjusted_rand(a: list[list[str]], b: list[list[str]]) -> float:
+    """Adjusted Rand index of two partitions of the same tasks (1: identical, ~0: chance)."""
+    la = {t: i for i, g in enumerate(a) for t in g}
+    lb = {t: i for i, g in enumerate(b) for t in g}
+    tasks = sorted(la)
+    table = np.zeros((len(a), len(b)))
+    for t in tasks:
+        table[la[t], lb[t]] += 1
+
+    def pairs(x):
+        return float((x * (x - 1) / 2).sum())
+
+    index, sa, sb = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    total = len(tasks) * (len(tasks) - 1) / 2
+    expected = sa * sb / total if total else 0.0
+    top = (sa + sb) / 2
+    return 1.0 if top == expected else float((index - expected) / (top - expected))
+
+
+def agreement(reference: list[list[str]], draws: list[list[list[str]]]) -> dict:
+    """How often resampled partitions equal the reference, and their mean adjusted Rand index."""
+    if not draws:
+        return {"n": 0}
+    return {"n": len(draws), "identical": round(float(np.mean([same_partition(reference, d) for d in draws])), 4),
+            "ari_mean": round(float(np.mean([adjusted_rand(reference, d) for d in draws])), 4),
+            "ari_min": round(float(np.min([adjusted_rand(reference, d) for d in draws])), 4)}
+
+
+def stability(tasks: list[str], reference: list[list[str]], grams: np.ndarray, resampled: np.ndarray | None,
+              choose, draws: int = 200, seed: int = 0) -> dict:
+    """Agreement of `reference` with partitions regrouped from resampled evidence.
+
+    grams: (S, T, T) per-snapshot Gram matrices; resampled: (R, S, T, T) the same on R bootstrap
+    resamples of the shots (or None). `choose(grams) -> groups` is the grouping rule. Reports
+    snapshots resampled with replacement (`draws` times), each shot resample, and both at once.
+    """
+    rng = np.random.default_rng(seed)
+    s = len(grams)
+    picks = [rng.integers(0, s, s) for _ in range(draws)]
+    out = {"snapshots": agreement(reference, [choose(grams[p]) for p in picks])}
+    if resampled is not None and len(resampled):
+        out["shots"] = agreement(reference, [choose(r) for r in resampled])
+        both = [choose(resampled[rng.integers(0, len(resampled))][p]) for p in picks[: max(1, draws // 4)]]
+        out["snapshots_and_shots"] = agreement(reference, both)
+    return out
