@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,18 +18,10 @@ from torch import Tensor
 from promptclip import PromptStore
 from promptclip.router import DomainRouter, fit_router, format_confusion, make_router, route_metrics
 
-from .config import opt
 from .data import ImageCache, TaskData
+from .router_config import RouterConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RouterConfig:
-    router_version: str = opt("", "router version to publish (empty: the store's next vNNNN under _router/)")
-    min_confidence: float = opt(0.5, "a routed image whose top domain probability is below this also goes to "
-                                     "review (needs_review)")
-    router_l2: float = opt(1e-5, "ridge penalty of the logistic regression on standardised features")
 
 
 @torch.inference_mode()
