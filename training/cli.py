@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
     s.add_argument("--stop-after", type=int, default=0, help="stop after this many epochs (0: run to the end)")
 
-    s = sub.add_parser("evaluate", help="the five variants on the test split -> report.json/.md",
+    s = sub.add_parser("evaluate", help="the variants, controls and baselines on the test split -> report.json/.md",
                        formatter_class=fmt)
     common(s)
     s.add_argument("--run", required=True, type=Path, help="RUN directory (reads RUN/groups.json)")
