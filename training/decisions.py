@@ -10,7 +10,7 @@ OOD probe set, scored by the same `promptclip.decisions` code the service runs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -93,7 +93,7 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
     unsafe = torch.tensor([lab.unsafe for lab in dom.labels])
     fitted = fit_rule(_score(cal_x, dbank, scale), cross_fit_scope(cal_x, y, rows), y, unsafe, cfg)
     fitted.decision["scope"]["bank_size"] = len(rows)
-    labels = [Label(lab.name, lab.prompt, lab.unsafe, fitted.threshold, cal)
+    labels = [replace(lab, threshold=fitted.threshold, calibration=cal)
               for lab, cal in zip(dom.labels, fitted.calibrations, strict=True)]
     rule = DecisionRule.from_manifest(labels, fitted.decision)
     test_x = image_features(model, ti, cache.load([p for p, _ in dom.test], cache=False))

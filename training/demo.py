@@ -1,8 +1,9 @@
 """Rebuild the embedded tiny CLIP and the demo bundles, bit-for-bit, from fixed seeds.
 
 synth (seed 0) -> pretrain-tiny (seed 0) -> fit -> the store's domain folders are replaced
-by freshly published v0001 bundles. One torch thread and a fixed manifest timestamp make
-every byte a function of the seeds.
+by freshly published v0001 bundles. The domain router is fitted on its own larger world
+(seed 0, 240 images per label, a quarter held out) -> `_router/v0001`. One torch thread and a
+fixed manifest timestamp make every byte a function of the seeds.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ def build_demo(work: Path, store: Path, main: Callable[[list[str]], int], skip_p
                created: str = "2026-01-01T00:00:00+00:00") -> dict:
     """`main` is the CLI's entry point (passed in, so this module does not import the CLI that imports it)."""
     work, store = Path(work), Path(store)
-    data, run, scratch = work / "data", work / "run", work / "store"
-    for p in (data, run, scratch):
+    data, run, scratch, router_data = work / "data", work / "run", work / "store", work / "router-data"
+    for p in (data, run, scratch, router_data):
         shutil.rmtree(p, ignore_errors=True)
     main(["synth", "--out", str(data), "--seed", "0"])
     if not skip_pretrain:
         main(["pretrain-tiny", "--seed", "0"])
-    main(["fit", "--data", str(data), "--out", str(run), "--store", str(scratch), "--created-at", created])
+    main(["fit", "--data", str(data), "--out", str(run), "--store", str(scratch), "--created-at", created,
+          "--no-router"])
+    main(["synth", "--out", str(router_data), "--seed", "0", "--per-class", "240"])
+    main(["router", "--data", str(router_data), "--store", str(scratch), "--test-frac", "0.25", "--created-at",
+          created, "--router-version", "v0001"])
     out = {"embedded": {"path": str(EMBEDDED_WEIGHTS), "sha256": sha256(EMBEDDED_WEIGHTS)}, "bundles": {}}
     for dom in sorted(p.name for p in scratch.iterdir() if p.is_dir()):
         shutil.rmtree(store / dom, ignore_errors=True)
