@@ -25,6 +25,8 @@ class ServiceMetrics:
         self.images = Counter("moderation_images", "Images classified, by domain", ["domain"], registry=r)
         self.flagged = Counter("moderation_flagged", "Images flagged (any unsafe label over threshold), by domain",
                                ["domain"], registry=r)
+        self.decisions = Counter("moderation_decisions", "Decisions by domain: flagged, needs_review, out_of_scope, "
+                                 "routed, routed_low_confidence", ["domain", "decision"], registry=r)
         self.batch_size = Histogram("moderation_batch_size", "Images per model forward pass",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Histogram("moderation_queue_depth", "Images left waiting when a batch was formed",

@@ -78,7 +78,13 @@ async def _answer(state: ServiceState, snapshot: Snapshot, entry: DomainEntry, p
     result = build_result(entry, row, model=state.model_name, review_margin=s.review_margin,
                           review_out_of_scope=s.review_out_of_scope,
                           latency_ms=(time.perf_counter() - t0) * 1000.0, routing=routing)
-    state.metrics.images.labels(entry.domain).inc()
+    m = state.metrics
+    m.images.labels(entry.domain).inc()
     if result["flagged"]:
-        state.metrics.flagged.labels(entry.domain).inc()
+        m.flagged.labels(entry.domain).inc()
+    seen = {"flagged": result["flagged"], "needs_review": result["needs_review"],
+            "out_of_scope": result["out_of_scope"], "routed": routing is not None,
+            "routed_low_confidence": bool(routing and routing["low_confidence"])}
+    for name in (k for k, v in seen.items() if v):
+        m.decisions.labels(entry.domain, name).inc()
     return result

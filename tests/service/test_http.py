@@ -170,7 +170,8 @@ def test_metrics(http):
                    'moderation_errors_total{code="undecodable_image",route="/classify",status="400"}',
                    'moderation_images_total{domain="comic"}', "moderation_batch_size_bucket",
                    "moderation_queue_depth_bucket", 'moderation_http_request_duration_seconds_bucket{le="0.005",route="/classify"}',
-                   'moderation_bundle_loaded{domain="photo",sha256=', "moderation_inference_seconds_count"):
+                   'moderation_bundle_loaded{domain="photo",sha256=', "moderation_inference_seconds_count",
+                   "# TYPE moderation_decisions_total counter"):
         assert needle in text, needle
 
 
