@@ -41,7 +41,8 @@ def _score_parser(sub) -> None:
     p.add_argument("--decode-workers", type=int, default=D["decode_workers"],
                    help="decode threads (per process / per Ray actor)")
     p.add_argument("--shard-size", type=int, default=D["shard_size"], help="images per output shard (unit of resume)")
-    p.add_argument("--threads", type=int, default=D["threads"], help="torch threads; 0 = torch's default")
+    p.add_argument("--threads", type=int, default=D["threads"], help="torch threads; 0 = auto: local on CPU, the cores the decode workers leave (>= 1); "
+                        "else torch's / Ray's default")
     p.add_argument("--max-image-pixels", type=int, default=D["max_image_pixels"],
                    help="larger images become error rows")
     p.add_argument("--review-out-of-scope", action="store_true", help="send out-of-scope images to review")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class ScoreConfig:
     batch_size: int = 32  # images per model call
     decode_workers: int = 2  # threads reading + decoding + preprocessing images (per local run / Ray actor)
     shard_size: int = 1000  # images per output shard: the unit of resume
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    threads: int = 0  # torch intra-op threads; 0 = auto (see torch_threads)
     max_image_pixels: int = 40_000_000  # width x height from the header; larger images become error rows
     review_out_of_scope: bool = False  # out-of-scope images go to review (MODERATION_REVIEW_OUT_OF_SCOPE)
     image_column: str | None = None  # Parquet input: column of image bytes or paths (None: auto-detect)
@@ -45,6 +46,18 @@ class ScoreConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.domain:
             raise ValueError("a domain is required (--domain D): auto-routing is not available yet")
+
+    def torch_threads(self, device: str) -> int:
+        """Torch threads to set; 0 leaves torch's default.
+
+        Auto, local engine on CPU: the cores the decode workers leave (at least 1). On a busy
+        2-core machine torch's default (2 threads) next to 2 decode threads ran 5-7x slower than
+        1 thread (docs/backlog.md). On Ray, auto keeps Ray's setting (OMP_NUM_THREADS = the
+        actor's CPUs); on CUDA, torch's default.
+        """
+        if self.threads or self.engine != "local" or not device.startswith("cpu"):
+            return self.threads
+        return max(1, (os.cpu_count() or 1) - self.decode_workers)
 
     def model_spec(self, device: str | None = None) -> ModelSpec:
         """The CLIP to load, resolving auto device / precision on this process's hardware."""

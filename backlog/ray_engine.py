@@ -97,7 +97,8 @@ def score_ray(cfg: ScoreConfig) -> RunSummary:
     staging = plan.out.path / STAGING
     shutil.rmtree(staging, ignore_errors=True)  # an interrupted Ray run's partial output
     resources = actor_resources(ray, cfg)
-    log.info("ray: %d images in %d shards, actors %s", len(pending), len(plan.todo), resources)
+    log.info("ray: %d images in %d shards; %d actors, %s CPU and %s GPU each", len(pending), len(plan.todo),
+             resources["compute"].max_size, resources["num_cpus"], resources.get("num_gpus", 0))
     ds = ray.data.from_items([asdict(it) for it in pending])
     ds = ds.map_batches(RayScorer, fn_constructor_args=(cfg,), batch_size=cfg.batch_size * CHUNKS_PER_RAY_BATCH,
                         batch_format="numpy", **resources)

@@ -32,8 +32,8 @@ class Scorer:
 
     def __init__(self, cfg: ScoreConfig, device: str | None = None):
         spec = cfg.model_spec(device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if threads := cfg.torch_threads(spec.device):
+            torch.set_num_threads(threads)
         self.cfg = cfg
         self.clip = load_clip(spec)
         self.encoder = PromptedCLIP(self.clip.model)
