@@ -10,7 +10,8 @@ import hmac
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
+from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from promptclip import Label
@@ -73,7 +74,7 @@ LABEL_ERRORS = {
                    "store is not writable", "label_exists", "photo already has a label 'star'; remove it first"),
     422: error_doc("Invalid label fields", "validation_error", "threshold: Input should be less than or equal to 1"),
 }
-DomainPath = Annotated[str, Path(description="a served domain", examples=["photo"])]
+DomainPath = Annotated[str, PathParam(description="a served domain", examples=["photo"])]
 
 
 async def edit_labels(state: ServiceState, domain: str, *, add: Label | None = None,
@@ -108,6 +109,6 @@ async def add_label(domain: DomainPath, body: LabelAddRequest, state: AdminDep) 
 
 @router.delete("/domains/{domain}/labels/{name}", response_model=LabelChangeResponse, responses=LABEL_ERRORS,
                summary="Remove a label from a domain without retraining")
-async def remove_label(domain: DomainPath, name: Annotated[str, Path(examples=["star"])], state: AdminDep) -> dict:
+async def remove_label(domain: DomainPath, name: Annotated[str, PathParam(examples=["star"])], state: AdminDep) -> dict:
     """Publishes the domain's next version without the label (its scope-bank rows dropped) and hot-reloads it."""
     return await edit_labels(state, domain, remove=name)
