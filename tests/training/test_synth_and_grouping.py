@@ -54,6 +54,13 @@ def test_group_writes_matrix_groups_and_heatmap(grouped):
     assert (np.abs(m) <= 1 + 1e-6).all()
     assert sorted(t for g in groups["groups"] for t in g) == sorted(USED)
     assert set(sim["per_tower"]) == {"text", "vision", "both"}
+    # the raw evidence every option regroups from, and the partition's stability under resampling
+    assert np.array(sim["gram"]["text"]).shape == (2, 4, 4) and np.array(sim["gram"]["vision"]).shape == (2, 4, 4)
+    assert np.array(sim["gram_shot_resamples"]["text"]).shape == (2, 2, 4, 4)  # 2 resamples x 2 snapshots
+    st = groups["stability"]
+    assert st == sim["stability"] and st["snapshots"]["n"] == 200 and st["shots"]["n"] == 2
+    assert all(0 <= v["identical"] <= 1 and -1 <= v["ari_mean"] <= 1 for v in st.values())
+    assert groups["method"] == "agglomerative" and groups["centered"] is True and groups["measure"] == "cosine"
     assert (grouped / "similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -97,3 +104,18 @@ def test_a_world_too_small_to_split_is_a_clear_error(world, tmp_path, caplog):
     # 8 images per label: 4 test + 4 validation leave nothing to train on
     assert main(["group", "--data", str(world), "--out", str(tmp_path / "run"), *FAST, "--val-per-class", "4"]) == 2
     assert "no image left for training" in caplog.text and "--val-per-class" in caplog.text
+
+
+@pytest.mark.parametrize(("method", "measure", "centered"), [("exhaustive", "dot", True), ("bands", "cosine", False)])
+def test_group_options_through_the_cli(world, tiny_arch, tmp_path, method, measure, centered):
+    run = tmp_path / "run"
+    assert main(["group", "--data", str(world), "--out", str(run), *FAST, "--group-steps", "4",
+                 "--group-snapshots", "2", "4", "--group-method", method, "--group-measure", measure,
+                 "--group-stability-resamples", "0", "--group-stability-draws", "5"]) == 0
+    groups = json.loads((run / "groups.json").read_text())
+    sim = json.loads((run / "similarity.json").read_text())
+    assert groups["method"] == method and groups["measure"] == measure and groups["centered"] is centered
+    assert sim["centered"] is centered and "shots" not in groups["stability"]
+    assert sorted(t for g in groups["groups"] for t in g) == sorted(USED)
+    if method == "bands":  # the source's bands read the uncentred matrix
+        assert sim["matrix"] == sim["uncentered"]
