@@ -45,6 +45,8 @@ class OutputDir:
             if diff:
                 raise ValueError(f"{self.path} holds a different run ({'; '.join(diff)}); resume only with the "
                                  "same input, shard size, domain, bundle version and model, or pass a new --out")
+            for partial in self.path.glob(".shard-*.tmp-*"):  # a shard being written when the last run died
+                partial.unlink(missing_ok=True)
             return
         if self.path.exists() and any(self.path.iterdir()):
             raise ValueError(f"{self.path} exists and is not a backlog output (no {RUN_FILE}); pass a new --out")
