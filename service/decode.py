@@ -14,10 +14,10 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from promptclip.images import to_rgb
+from promptclip.images import first_frame_rgb
 
 from .errors import ApiError
 
@@ -68,12 +68,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int 
     if min(w, h) < min_side:
         raise ApiError(400, "degenerate_image", f"image is {w}x{h}; each side must be at least {min_side} pixels")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img.seek(0)  # GIF / animated WebP: the first frame
-            img.load()  # full decode: truncated or corrupt data fails here
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+        return first_frame_rgb(img)  # the same decode the offline scorers use
     except Image.DecompressionBombError:
         raise ApiError(413, "too_many_pixels", f"image has too many pixels (limit {max_pixels})") from None
     except Exception:
