@@ -62,7 +62,10 @@ def test_service_bench_drives_the_real_server(tmp_path, capsys):
                          "--batch-concurrency", "1", "--duration", "1.5", "--warmup", "0.5",
                          "--max-batch", "4"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(r["http"]) == {"/classify c=1", "/classify c=2", "/classify/batch x2 c=1"}
+    # explicit domains at each level, then the highest /classify level and the batch run routed (no domain)
+    assert set(r["http"]) == {"/classify c=1", "/classify c=2", "/classify/batch x2 c=1", "/classify c=2 routed",
+                              "/classify/batch x2 c=1 routed"}
+    assert set(r["routed_over_explicit"]) == {"/classify c=2 routed", "/classify/batch x2 c=1 routed"}
     assert all(v["errors"] == 0 and v["requests"] > 0 for v in r["http"].values())
     assert r["service_over_prompted"] == pytest.approx(r["service_img_s"] / r["prompted_img_s"])
     assert r["p50_ms_c1"] > 0 and r["encoder_includes_decode"] is False
