@@ -34,5 +34,5 @@ def bundle_bank(bundle: Bundle, encoder: PromptedCLIP, tokenizer: Callable,
         raise BundleError("shape", m.domain, "text features are not finite")
     scope, scope_labels = bundle.scope_bank()
     c = len(m.labels)
-    bank = DomainBank(feats[:c], feats[c:], scope.to(device, torch.float32), scope_labels.to(device))
+    bank = DomainBank.build(feats[:c], feats[c:], scope, scope_labels)
     return bank, DecisionRule.from_manifest(m.labels, m.decision)

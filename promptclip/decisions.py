@@ -41,16 +41,6 @@ NEG_INF = float("-inf")
 
 # ------------------------------------------------------------------------------------------ banks
 @dataclass(frozen=True)
-class DomainBank:
-    """One domain's reference tensors."""
-
-    labels: Tensor  # (C, E) normalised label prompt embeddings through the domain's text prompts
-    negatives: Tensor  # (M, E) normalised negative label embeddings, the same prompts; M may be 0
-    scope: Tensor  # (K, E) calibration image features through the domain's vision prompts; K may be 0
-    scope_labels: Tensor  # (K,) label index of each scope row
-
-
-@dataclass(frozen=True)
 class ScopeModel:
     """Class means and a shared whitening of a domain's calibration features: d^2 = |W f - W mu_c|^2."""
 
@@ -84,6 +74,23 @@ class ScopeModel:
         return -d2 / g.shape[1]
 
 
+@dataclass(frozen=True)
+class DomainBank:
+    """One domain's reference tensors, built once per bundle load."""
+
+    labels: Tensor  # (C, E) normalised label prompt embeddings through the domain's text prompts
+    negatives: Tensor  # (M, E) normalised negative label embeddings, the same prompts; M may be 0
+    scope: ScopeModel | None  # fitted on the calibration features; None: always in scope
+
+    @classmethod
+    def build(cls, labels: Tensor, negatives: Tensor, scope_feats: Tensor, scope_labels: Tensor) -> DomainBank:
+        """Fit the scope model on (K, E) calibration features and their (K,) label indices (K may be 0)."""
+        model = ScopeModel.fit(scope_feats.float().cpu(), scope_labels.cpu())
+        if model is not None:
+            model = ScopeModel(model.whiten.to(labels.device), model.means.to(labels.device))
+        return cls(labels.float(), negatives.float(), model)
+
+
 def _pad(rows: Sequence[Tensor], dim: int, device) -> tuple[Tensor, Tensor]:
     """Stack (n_i, E) tensors into (T, max n, E) zeros-padded, plus (T,) counts."""
     n = max([r.shape[0] for r in rows] + [1])
@@ -95,23 +102,17 @@ def _pad(rows: Sequence[Tensor], dim: int, device) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class Banks:
-    """Every served domain's banks, padded so that one batch of mixed domains is scored at once."""
+    """Every served domain's banks: label embeddings padded so that a mixed batch is scored at once."""
 
     labels: Tensor  # (T, Cmax, E)
     label_counts: Tensor  # (T,)
-    negatives: Tensor  # (T, Mmax, E)
-    negative_counts: Tensor  # (T,)
-    scopes: tuple[ScopeModel | None, ...]  # per domain; None: no scope bank (always in scope)
+    domains: tuple[DomainBank, ...]  # negatives and scope model per domain, by row
 
     @classmethod
     def stack(cls, banks: Sequence[DomainBank], device=None) -> Banks:
-        dim = banks[0].labels.shape[1]
         device = device or banks[0].labels.device
-        lab, lc = _pad([b.labels for b in banks], dim, device)
-        neg, nc = _pad([b.negatives for b in banks], dim, device)
-        scopes = tuple(ScopeModel.fit(b.scope.float().cpu(), b.scope_labels.cpu()) for b in banks)
-        scopes = tuple(s if s is None else ScopeModel(s.whiten.to(device), s.means.to(device)) for s in scopes)
-        return cls(lab, lc, neg, nc, scopes)
+        lab, lc = _pad([b.labels for b in banks], banks[0].labels.shape[1], device)
+        return cls(lab, lc, tuple(banks))
 
 
 @dataclass
@@ -160,28 +161,30 @@ def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -
     counts = banks.label_counts.index_select(0, rows)
     cos = label_cosines(feats, banks.labels.index_select(0, rows), counts)  # (B, Cmax)
     z_lab = logit_scale * cos
-    neg = torch.einsum("be,bme->bm", feats, banks.negatives.index_select(0, rows))  # (B, Mmax)
-    z_neg = (logit_scale * neg).masked_fill(~_valid(banks.negative_counts.index_select(0, rows), neg.shape[1]),
-                                            NEG_INF)
-    log_all = torch.logsumexp(torch.cat([z_lab, z_neg], 1), 1, keepdim=True)  # (B, 1)
+    z_neg, scope = per_domain_scores(feats, rows, banks, logit_scale)
+    log_all = torch.logaddexp(torch.logsumexp(z_lab, 1), z_neg).unsqueeze(1)  # (B, 1)
     label_logp = z_lab - log_all
     mass = torch.logsumexp(z_lab, 1, keepdim=True).sub(log_all).exp().squeeze(1)
-    return BatchScores(cos.masked_fill(cos == NEG_INF, 0.0), z_lab.softmax(1), label_logp, mass,
-                       scope_scores(feats, rows, banks), counts)
+    return BatchScores(cos.masked_fill(cos == NEG_INF, 0.0), z_lab.softmax(1), label_logp, mass, scope, counts)
 
 
-def scope_scores(feats: Tensor, rows: Tensor, banks: Banks) -> Tensor:
-    """(B,) each sample's scope score under its own domain's ScopeModel (+inf: the domain has none).
+def per_domain_scores(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -> tuple[Tensor, Tensor]:
+    """Per sample, under its own domain: logsumexp of the scaled negative-label cosines (-inf without
+    negatives) and the scope score (+inf without a scope model), each (B,).
 
     One matrix product per distinct domain in the batch, not per sample.
     """
-    out = torch.full((feats.shape[0],), math.inf, device=feats.device)
+    z_neg = torch.full((feats.shape[0],), NEG_INF, device=feats.device)
+    scope = torch.full((feats.shape[0],), math.inf, device=feats.device)
     for r in rows.unique().tolist():
-        model = banks.scopes[r]
-        if model is not None:
-            idx = (rows == r).nonzero().flatten()
-            out[idx] = model.score(feats.index_select(0, idx))
-    return out
+        bank = banks.domains[r]
+        idx = (rows == r).nonzero().flatten()
+        f = feats.index_select(0, idx)  # (n, E)
+        if bank.negatives.shape[0]:
+            z_neg[idx] = torch.logsumexp(logit_scale * (f @ bank.negatives.T), 1)
+        if bank.scope is not None:
+            scope[idx] = bank.scope.score(f)
+    return z_neg, scope
 
 
 # ------------------------------------------------------------------------------------------ rule

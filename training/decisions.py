@@ -89,7 +89,7 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
     y = torch.tensor([li for _, li in calib])
     rows = _bank_rows(len(cal_x), cfg.scope_bank)
     bank, bank_y = cal_x[rows].half(), y[rows]
-    dbank = DomainBank(labels_f, neg, bank.float(), bank_y)
+    dbank = DomainBank.build(labels_f, neg, bank.float(), bank_y)  # the scope model the service fits
     unsafe = torch.tensor([lab.unsafe for lab in dom.labels])
     fitted = fit_rule(_score(cal_x, dbank, scale), cross_fit_scope(cal_x, y, rows), y, unsafe, cfg)
     fitted.decision["scope"]["bank_size"] = len(rows)

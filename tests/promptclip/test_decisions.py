@@ -13,9 +13,9 @@ from promptclip.decisions import Banks, DecisionRule, DomainBank, ScopeModel, de
 
 def _bank(seed: int, c: int, m: int, k: int, e: int = 16) -> DomainBank:
     g = torch.Generator().manual_seed(seed)
-    return DomainBank(F.normalize(torch.randn(c, e, generator=g), dim=-1),
-                      F.normalize(torch.randn(m, e, generator=g), dim=-1),
-                      torch.randn(k, e, generator=g), torch.arange(k) % c)
+    return DomainBank.build(F.normalize(torch.randn(c, e, generator=g), dim=-1),
+                            F.normalize(torch.randn(m, e, generator=g), dim=-1),
+                            torch.randn(k, e, generator=g), torch.arange(k) % c)
 
 
 def test_mixed_domain_batch_equals_each_domain_alone():
