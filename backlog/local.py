@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 
 from tqdm import tqdm
 
 from .config import ScoreConfig
-from .plan import RunSummary, make_plan, summary
+from .plan import RunSummary, start_run
 from .scorer import Scorer
 from .stream import stream_outcomes
 
-log = logging.getLogger(__name__)
 
 
 def score_local(cfg: ScoreConfig, scorer: Scorer | None = None) -> RunSummary:
@@ -19,11 +17,8 @@ def score_local(cfg: ScoreConfig, scorer: Scorer | None = None) -> RunSummary:
 
     `scorer` may be passed in (already loaded) so that benchmarks time the scoring, not the load.
     """
-    plan = make_plan(cfg)
-    result = summary(plan)
-    pending = plan.pending()
+    plan, result, pending = start_run(cfg)
     if not pending:
-        log.info("%s: all %d shards already committed; nothing to score", cfg.out, result.shards)
         return result.finish()
     scorer = scorer or Scorer(cfg)
     if scorer.version != plan.bundle_version:

@@ -5,6 +5,7 @@ Both engines start here, so they list, shard and resume identically.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ from promptclip import PromptStore, read_manifest
 from .config import ScoreConfig
 from .inputs import Item, fingerprint, list_inputs, shards
 from .output import OutputDir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,3 +78,13 @@ def make_plan(cfg: ScoreConfig) -> Plan:
 def summary(plan: Plan) -> RunSummary:
     n_shards = -(-len(plan.items) // plan.cfg.shard_size)
     return RunSummary(plan.cfg.engine, str(plan.out.path), len(plan.items), n_shards, n_shards - len(plan.todo))
+
+
+def start_run(cfg: ScoreConfig) -> tuple[Plan, RunSummary, list[Item]]:
+    """What every engine does first: the plan, its summary, and the items still to score (logged when none)."""
+    plan = make_plan(cfg)
+    result = summary(plan)
+    pending = plan.pending()
+    if not pending:
+        log.info("%s: all %d shards already committed; nothing to score", cfg.out, result.shards)
+    return plan, result, pending

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from .config import ScoreConfig
 from .inputs import Item
-from .plan import Plan, RunSummary, make_plan, summary
+from .plan import Plan, RunSummary, start_run
 from .scorer import Scorer, output_schema
 from .stream import stream_outcomes
 
@@ -86,11 +86,8 @@ def commit_staged(plan: Plan, staging: Path) -> int:
 
 def score_ray(cfg: ScoreConfig) -> RunSummary:
     """Score every uncommitted shard on Ray; a rerun after an interruption skips committed shards."""
-    plan = make_plan(cfg)
-    result = summary(plan)
-    pending = plan.pending()
+    plan, result, pending = start_run(cfg)
     if not pending:
-        log.info("%s: all %d shards already committed; nothing to score", cfg.out, result.shards)
         return result.finish()
     ray = init_ray(cfg.ray_address)
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
