@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 from tqdm import tqdm
 
 from .config import ScoreConfig
 from .plan import RunSummary, start_run
 from .scorer import Scorer
 from .stream import stream_outcomes
-
 
 
 def score_local(cfg: ScoreConfig, scorer: Scorer | None = None) -> RunSummary:
