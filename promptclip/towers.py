@@ -73,7 +73,15 @@ class OpenClipViT(VisionTower):
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
 
 
-class TimmViT(VisionTower):
+class TimmTrunk(VisionTower):
+    """A tower over open_clip's TimmModel: the blocks, width and patch weights come from its timm trunk."""
+
+    def __init__(self, visual: nn.Module):
+        trunk = visual.trunk
+        super().__init__(visual, trunk.blocks, trunk.embed_dim, trunk.patch_embed.proj.weight)
+
+
+class TimmViT(TimmTrunk):
     """open_clip's TimmModel around a timm VisionTransformer (SigLIP / SigLIP2).
 
     The trunk's `_pos_embed` adds the learned position embedding and its prefix tokens; the
@@ -81,10 +89,6 @@ class TimmViT(VisionTower):
     """
 
     family = "timm-vit"
-
-    def __init__(self, visual: nn.Module):
-        trunk = visual.trunk
-        super().__init__(visual, trunk.blocks, trunk.embed_dim, trunk.patch_embed.proj.weight)
 
     def embed(self, images: Tensor, n: int) -> tuple[Tensor, dict[str, Any]]:
         t = self.visual.trunk
@@ -95,7 +99,7 @@ class TimmViT(VisionTower):
         return self.visual.head(t.forward_head(t.norm(x)))
 
 
-class TimmEva(VisionTower):
+class TimmEva(TimmTrunk):
     """open_clip's TimmModel around a timm Eva with rotary position embedding (EVA02, PE-Core).
 
     RoPE rotates the patch tokens (those after the prefix tokens) by their grid position.
@@ -105,10 +109,6 @@ class TimmEva(VisionTower):
     """
 
     family = "timm-eva"
-
-    def __init__(self, visual: nn.Module):
-        trunk = visual.trunk
-        super().__init__(visual, trunk.blocks, trunk.embed_dim, trunk.patch_embed.proj.weight)
 
     def embed(self, images: Tensor, n: int) -> tuple[Tensor, dict[str, Any]]:
         t = self.visual.trunk
