@@ -1,4 +1,4 @@
-"""Request and response models, one per role, with OpenAPI examples."""
+"""Request and response models, one per role, with OpenAPI examples (/v1/moderations: openai_schemas.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-_PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
 
 
 # ---------------------------------------------------------------- errors
@@ -61,8 +61,8 @@ _DOMAIN_DOC = ("domain whose bundle classifies the image; absent or `auto`: the 
 class ClassifyRequest(BaseModel):
     """JSON form of /classify. Multipart (`image` file + optional `domain` field) is accepted too."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"image": _PNG_1PX, "domain": "photo"},
-                                                              {"image": _PNG_1PX}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"image": PNG_1PX, "domain": "photo"},
+                                                              {"image": PNG_1PX}]})
     image: str = Field(description="base64 image bytes (a data: URI prefix is accepted)")
     domain: str | None = Field(None, description=_DOMAIN_DOC, min_length=1)
 
@@ -79,7 +79,7 @@ class BatchRequest(BaseModel):
     """JSON form of /classify/batch. Multipart (`images` files + `domains` fields) is accepted too."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"items": [{"image": _PNG_1PX, "domain": "photo"}, {"image": _PNG_1PX, "domain": "sketch"}]}]})
+        {"items": [{"image": PNG_1PX, "domain": "photo"}, {"image": PNG_1PX, "domain": "sketch"}]}]})
     items: list[BatchItemRequest] = Field(min_length=1)
 
 
@@ -286,97 +286,6 @@ class LabelChangeResponse(BaseModel):
     reload: ReloadResponse = Field(description="the hot reload that followed")
 
 
-# ---------------------------------------------------------------- /v1/moderations (OpenAI-compatible)
-class ImageURL(BaseModel):
-    url: str = Field(description="a data URI (data:image/png;base64,...); http(s) URLs are refused: the "
-                                 "server fetches nothing")
-
-
-class ImagePart(BaseModel):
-    type: Literal["image_url"]
-    image_url: ImageURL
-
-
-class TextPart(BaseModel):
-    type: Literal["text"]
-    text: str = Field(description="refused with 400: this service moderates images")
-
-
-class ModerationRequest(BaseModel):
-    """OpenAI's moderation request; only image parts given as data URIs are moderated."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"model": "photo", "input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + _PNG_1PX}}]},
-        {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + _PNG_1PX}}]}]})
-    model: str | None = Field(None, description="a domain, or `auto` (the default): the domain router picks "
-                                                "each image's domain")
-    input: str | list[str | ImagePart | TextPart] = Field(description="image parts; text is refused with 400")
-
-
-class ModerationResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    flagged: bool = Field(description="equals /classify's `flagged` for the same image and domain")
-    categories: dict[str, bool] = Field(description="per unsafe label of the domain, and per OpenAI category "
-                                                    "one maps to: flagged")
-    category_scores: dict[str, float] = Field(description="the label's probability (for an OpenAI category: the "
-                                                          "highest of its labels')")
-    category_applied_input_types: dict[str, list[str]] = Field(description='["image"] per category')
-    domain: str = Field(description="the domain that moderated the image")
-    needs_review: bool
-    routing: RoutingInfo | None = None
-
-
-class ModerationResponse(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "modr-3f1c2a9b8e7d4c6a", "model": "photo@v0001",
-        "results": [{"flagged": True, "categories": {"knife": True, "violence": True, "pill": False},
-                     "category_scores": {"knife": 0.78, "violence": 0.78, "pill": 0.03},
-                     "category_applied_input_types": {"knife": ["image"], "violence": ["image"], "pill": ["image"]},
-                     "domain": "photo", "needs_review": False, "routing": None}]}]})
-    id: str
-    model: str = Field(description="<domain>@<version> that moderated the inputs (comma-separated when routing "
-                                   "chose several)")
-    results: list[ModerationResult] = Field(description="one per image part, in order")
-
-
-class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str = Field(examples=["invalid_request_error"])
-    param: str | None = None
-    code: str | None = Field(None, examples=["model_not_found"])
-
-
-class OpenAIErrorResponse(BaseModel):
-    error: OpenAIErrorBody
-
-
-def openai_error_doc(description: str, code: str, message: str, param: str | None = None,
-                     type_: str = "invalid_request_error") -> dict[str, Any]:
-    return {"model": OpenAIErrorResponse, "description": description, "content": {"application/json": {
-        "example": {"error": {"message": message, "type": type_, "param": param, "code": code}}}}}
-
-
-MODERATION_ERRORS = {
-    400: openai_error_doc("Text input, a remote URL, an undecodable image or a malformed body", "remote_url_not_allowed",
-                          "input[0]: remote URLs are not fetched (SSRF); send the image as a data URI", "input"),
-    404: openai_error_doc("Unknown model (domain)", "model_not_found", "unknown model 'x'; models: ['photo', "
-                          "'auto']", "model"),
-    408: openai_error_doc("The body did not arrive in time", "request_timeout", "the request body did not arrive "
-                          "within 30 s"),
-    413: openai_error_doc("Too many bytes, pixels or inputs", "payload_too_large", "request body exceeds the limit"),
-    415: openai_error_doc("Not JSON, or an unsupported image format", "unsupported_media_type",
-                          "send application/json"),
-    422: openai_error_doc("No domain and no router", "domain_required", "no domain was given and no domain router "
-                          "is loaded", "model"),
-    500: openai_error_doc("The model failed on the batch", "inference_failed", "the model failed on this batch",
-                          type_="server_error"),
-    503: {**openai_error_doc("Queue full or shutting down (retry after Retry-After)", "queue_full",
-                             "the server is at capacity", type_="server_error"), "headers": RETRY_AFTER},
-    504: openai_error_doc("No result within the request timeout", "timeout", "no result within 30 s",
-                          type_="server_error"),
-}
-
-
 # ---------------------------------------------------------------- request bodies (multipart or JSON)
 def _inline_refs(schema: dict) -> dict:
     """A pydantic JSON schema with its `$defs` substituted in place (request bodies need no components)."""
@@ -413,4 +322,3 @@ BATCH_BODY = body_doc(BatchRequest, {
                    "domains": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
                                "description": "one domain per image (or a single domain for all); `auto` or "
                                               "absent: routed"}}})
-MODERATION_BODY = body_doc(ModerationRequest)

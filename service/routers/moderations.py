@@ -27,10 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ApiError, validation_error
 from ..inputs import JSON, body_limit, content_kind, decode_base64, parse_json, read_body
+from ..openai_schemas import MODERATION_BODY, MODERATION_ERRORS, ModerationResponse
 from ..pipeline import Item, classify_items
 from ..registry import DomainEntry, Snapshot
 from ..routing import AUTO, can_route, no_router
-from ..schemas import MODERATION_BODY, MODERATION_ERRORS, ModerationResponse
 from ..state import StateDep
 
 log = logging.getLogger(__name__)
