@@ -5,7 +5,7 @@
 
 What it does:
   1. a random-init CLIP (real FLOPs) saved as a local checkpoint, one bundle with the full
-     decision rule (bench.service.publish_bundles: calibrated labels, 256 negative labels, a
+     decision rule (bench.fixtures.publish_bundles: calibrated labels, 256 negative labels, a
      scope bank), and --images photo-like JPEGs written to a folder;
   2. interleaved repetitions (bench.timing) of:
        bare   open_clip `model.encode_image` over the same images, preprocessed once, in batches
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from backlog import ScoreConfig, Scorer, score_local
-from bench.service import make_jpegs, publish_bundles, save_random_clip
+from bench.fixtures import make_jpegs, publish_bundles, save_random_clip
 from bench.timing import emit, interleaved, machine, median_ratio, table
 from promptclip import ModelSpec, load_clip
 
