@@ -13,7 +13,7 @@ What it does:
      no domain, so the store's router picks it (one extra bare-CLIP forward per image):
      routed_over_explicit compares them in the same run;
   4. between the HTTP phases, measures in this process the bare open_clip `encode_image`
-     and the prompted image tower (PromptedCLIP through promptclip.accel.ImageRunner, what
+     and the prompted image tower (PromptedCLIP through promptclip.ImageRunner (promptclip.graphs), what
      the server runs) on the same images, preprocessed once: model only, decode and
      preprocess NOT included (their cost is reported separately, per image, per core).
 
@@ -49,7 +49,7 @@ from promptclip import (
     PromptStore,
     load_clip,
 )
-from promptclip.accel import ImageRunner
+from promptclip import ImageRunner
 
 
 def free_port() -> int:

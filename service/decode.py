@@ -84,7 +84,7 @@ class ImageDecoder:
         self.preprocess = preprocess
         self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-        self.device_jpeg = device_jpeg  # plain JPEGs -> model input on the GPU (promptclip.accel), else None
+        self.device_jpeg = device_jpeg  # plain JPEGs -> model input on the GPU (promptclip.device_decode), else None
         # Decoding is CPU-bound: unbounded, a flood of uploads would queue here (holding their bytes,
         # outside the request timeout) and the model queue would never get to answer 503.
         self.max_pending, self.timeout_s, self.retry_after_s = max_pending, timeout_s, retry_after_s

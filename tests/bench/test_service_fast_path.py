@@ -1,4 +1,4 @@
-"""The service's seams for the fast path (promptclip.accel) keep its answers and its errors.
+"""The service's seams for the fast path (promptclip.graphs, promptclip.device_decode) keep its answers and its errors.
 
 CPU: the device-JPEG seam of ImageDecoder runs with torchvision's CPU decoder, so the same
 code path as on CUDA is exercised; the GPU twin checks that tensors decoded on the GPU reach
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from promptclip.accel import DeviceJpegPreprocessor, device_jpeg_preprocessor
+from promptclip import DeviceJpegPreprocessor, device_jpeg_preprocessor
 
 service_decode = pytest.importorskip("service.decode")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
