@@ -44,12 +44,12 @@ from PIL import Image
 from bench.fixtures import DOMAINS, make_jpegs, publish_bundles, publish_router, save_random_clip
 from bench.timing import emit, interleaved, machine, median_ratio, table
 from promptclip import (
+    ImageRunner,
     ModelSpec,
     PromptedCLIP,
     PromptStore,
     load_clip,
 )
-from promptclip import ImageRunner
 
 
 def free_port() -> int:
