@@ -94,7 +94,7 @@ class Manifest:
 @dataclass
 class Bundle:
     manifest: Manifest
-    tensors: dict[str, Tensor]  # TENSOR_NAMES -> (layers, tokens, width), float32
+    tensors: dict[str, Tensor]  # TENSOR_NAMES -> (layers, tokens, width), float32; OPTIONAL_TENSORS too
 
     @property
     def domain(self) -> str:
@@ -212,7 +212,7 @@ def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
         raise BundleError("checksum", path, f"tensor sha256 {digest[:16]}... differs from manifest "
                                             f"{manifest.sha256[:16]}...")
     _check_shapes(tensors, manifest, path)
-    return Bundle(manifest, {k: v if k == "scope.labels" else v.to(torch.float32) for k, v in tensors.items()})
+    return Bundle(manifest, {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()})
 
 
 def _check_family(trained: dict[str, Any], base: BaseModelInfo, path: Path) -> None:
