@@ -35,7 +35,7 @@ from .loading import (
     load_clip,
     register_config,
 )
-from .multitask import MultiTaskCLIP, encode_prompted_texts, label_tokens
+from .multitask import MultiTaskCLIP, encode_prompted_texts, label_embeddings, label_tokens
 from .prompted import PromptedCLIP, insert_placeholders, measure_stream_rms
 from .prompts import PromptConfig, TaskPrompts, check_task_name
 from .store import PromptStore, version_key
@@ -53,7 +53,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Banks", "BatchScores", "DecisionRule", "DomainBank", "ScopeModel", "bundle_bank", "decide",
-    "encode_prompted_texts", "score_batch",
+    "encode_prompted_texts", "label_embeddings", "score_batch",
     "DEFAULT_BUCKETS", "DEFAULT_TEMPLATE", "EMBEDDED", "EMBEDDED_ARCH", "SUPPORTED_TEXT", "SUPPORTED_VISION",
     "TENSOR_NAMES", "BaseModelInfo", "Bundle", "BundleError", "ClipLoadError", "DeviceJpegPreprocessor",
     "ImageRunner", "Label", "LoadedCLIP", "Manifest", "ModelSpec", "MultiTaskCLIP", "PromptConfig", "PromptStore",

@@ -12,7 +12,7 @@ import torch
 
 from .bundle import Bundle, BundleError
 from .decisions import DecisionRule, DomainBank
-from .multitask import encode_prompted_texts, label_tokens
+from .multitask import encode_prompted_texts, label_embeddings, label_tokens
 from .prompted import PromptedCLIP
 
 
@@ -34,5 +34,7 @@ def bundle_bank(bundle: Bundle, encoder: PromptedCLIP, tokenizer: Callable,
         raise BundleError("shape", m.domain, "text features are not finite")
     scope, scope_labels = bundle.scope_bank()
     c = len(m.labels)
-    bank = DomainBank.build(feats[:c], feats[c:], scope, scope_labels)
+    cache, weight = bundle.label_cache()
+    labels = label_embeddings(feats[:c], None if cache is None else cache.to(device), weight)
+    bank = DomainBank.build(labels, feats[c:], scope, scope_labels)
     return bank, DecisionRule.from_manifest(m.labels, m.decision)

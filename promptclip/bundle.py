@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: calibrated decisions (labels[].calibration, decision, negatives, scope.bank)
 TENSOR_NAMES = ("vision.group", "vision.private", "text.group", "text.private")
-OPTIONAL_TENSORS = ("scope.bank", "scope.labels")  # (K, embed_dim) calibration image features, fp16; (K,) labels
+OPTIONAL_TENSORS = ("scope.bank", "scope.labels",  # (K, embed_dim) calibration image features, fp16; (K,) labels
+                    "labels.cache")  # (C, embed_dim) class means of prompted shot features, fp16 (label cache)
 DEFAULT_TEMPLATE = "{placeholders} {prompt}"  # placeholders: one slot per prompt token, right after SOT
 
 
@@ -55,7 +56,7 @@ class Manifest:
     version: str
     group: dict[str, Any]  # {"id": "g0", "members": ["photo", "painting"]}
     base_model: dict[str, Any]  # BaseModelInfo.to_dict()
-    prompt: dict[str, int]  # {"depth": L, "group_tokens": g, "private_tokens": p}
+    prompt: dict[str, Any]  # {"depth": L, "group_tokens": g, "private_tokens": p, optional "cache_weight": w}
     labels: list[Label]
     template: str = DEFAULT_TEMPLATE
     metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics, at least "accuracy"
@@ -118,6 +119,10 @@ class Bundle:
         if bank is None:
             return torch.zeros(0, self.manifest.base_model["embed_dim"]), torch.zeros(0, dtype=torch.long)
         return bank, self.tensors["scope.labels"].long()
+
+    def label_cache(self) -> tuple[Tensor | None, float]:
+        """The (C, E) label cache and its blend weight (None, 0.0: text features alone)."""
+        return self.tensors.get("labels.cache"), float(self.manifest.prompt.get("cache_weight", 0.0))
 
     @property
     def prompt_config(self) -> PromptConfig:
@@ -240,5 +245,8 @@ def _check_shapes(tensors: dict[str, Tensor], m: Manifest, path: Path) -> None:
                                or bool(((bank_labels < 0) | (bank_labels >= len(m.labels))).any())):
         bad.append(f"scope.bank {tuple(bank.shape)} / scope.labels {tuple(bank_labels.shape)} do not fit "
                    f"(K, {b['embed_dim']}) / (K,) label indices")
+    cache = tensors.get("labels.cache")
+    if cache is not None and tuple(cache.shape) != (len(m.labels), b["embed_dim"]):
+        bad.append(f"labels.cache is {tuple(cache.shape)}, expected {(len(m.labels), b['embed_dim'])}")
     if bad:
         raise BundleError("shape", path, "; ".join(bad))

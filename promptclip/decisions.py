@@ -78,7 +78,7 @@ class ScopeModel:
 class DomainBank:
     """One domain's reference tensors, built once per bundle load."""
 
-    labels: Tensor  # (C, E) normalised label prompt embeddings through the domain's text prompts
+    labels: Tensor  # (C, E) label embeddings: prompts through the text prompts, blended with the label cache
     negatives: Tensor  # (M, E) normalised negative label embeddings, the same prompts; M may be 0
     scope: ScopeModel | None  # fitted on the calibration features; None: always in scope
 

@@ -19,6 +19,19 @@ def label_tokens(tokenizer: Callable, texts: Sequence[str], n_tokens: int) -> Te
     return insert_placeholders(tokens, n_tokens, placeholder)
 
 
+def label_embeddings(text: Tensor, cache: Tensor | None, weight: float) -> Tensor:
+    """(C, E) label embeddings: the label prompts' text features, blended with the label cache if any.
+
+    The cache holds each label's class mean of prompted image features of the training shots
+    (Tip-Adapter's cache, one mean per class). (text + w * cache) / (1 + w) scores an image by
+    (cos(image, text) + w * cos(image, class mean)) / (1 + w): a convex blend of two cosines, so
+    the score stays in [-1, 1] and w = 0 is the text alone.
+    """
+    if cache is None or not weight:
+        return text
+    return (text + weight * cache.to(text.device, text.dtype)) / (1 + weight)
+
+
 def encode_prompted_texts(encoder: PromptedCLIP, tokens: Tensor, text_prompts: Tensor, chunk: int = 256) -> Tensor:
     """(C, E) normalised embeddings of tokenized texts under one task's deep text prompts.
 
@@ -55,6 +68,13 @@ class MultiTaskCLIP(nn.Module):
         for t in self.tasks:
             self.register_buffer(f"tokens_{t}", label_tokens(tokenizer, label_texts[t], n), persistent=False)
         self._cache: dict[str, tuple[tuple, Tensor]] = {}
+        self.label_cache: dict[str, Tensor] = {}  # task -> (C, E) class means of prompted shot features
+        self.cache_weights: dict[str, float] = {}  # task -> blend weight of its cache
+
+    def set_label_cache(self, cache: dict[str, Tensor], weights: dict[str, float]) -> None:
+        """Blend each task's label embeddings with its label cache (`label_embeddings`) at inference."""
+        self.label_cache, self.cache_weights = dict(cache), {t: float(w) for t, w in weights.items()}
+        self._cache.clear()
 
     def label_tokens(self, task: str) -> Tensor:
         return getattr(self, f"tokens_{task}")
@@ -62,7 +82,8 @@ class MultiTaskCLIP(nn.Module):
     def text_features(self, task: str) -> Tensor:
         """(C, E) normalised label embeddings for `task`.
 
-        Cached until that task's prompts change; recomputed (with grad) while training.
+        Cached until that task's prompts change; recomputed (with grad, without the label cache)
+        while training.
         """
         tokens = self.label_tokens(task)
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.prompts.parameters()):
@@ -71,7 +92,8 @@ class MultiTaskCLIP(nn.Module):
         hit = self._cache.get(task)
         if hit is None or hit[0] != key:
             with torch.no_grad():
-                hit = (key, encode_prompted_texts(self.encoder, tokens, self.prompts.text(task)))
+                text = encode_prompted_texts(self.encoder, tokens, self.prompts.text(task))
+                hit = (key, label_embeddings(text, self.label_cache.get(task), self.cache_weights.get(task, 0.0)))
             self._cache[task] = hit
         return hit[1]
 
@@ -85,7 +107,8 @@ class MultiTaskCLIP(nn.Module):
             out[i, : f.shape[0]] = f
         return out
 
-    def forward(self, images: Tensor, task_idx: Tensor, tasks_needed: Sequence[int] | None = None) -> Tensor:
+    def forward(self, images: Tensor, task_idx: Tensor, tasks_needed: Sequence[int] | None = None,
+                return_features: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor, list[int]]:
         """Logits (B, Cmax): scaled cosine similarity to the sample's own task's labels.
 
         Columns past a task's label count are -inf, so softmax / cross-entropy ignore them.
@@ -94,6 +117,8 @@ class MultiTaskCLIP(nn.Module):
             images: (B, 3, H, W).
             task_idx: (B,) index into `self.tasks` per sample.
             tasks_needed: restrict text encoding to these task indices (default: those present).
+            return_features: also return the image features (B, E), the present tasks' label
+                features (T', Cmax, E) and those tasks' indices (training's consistency loss).
         """
         present = sorted(set(task_idx.tolist())) if tasks_needed is None else list(tasks_needed)
         names = [self.tasks[i] for i in present]
@@ -103,6 +128,7 @@ class MultiTaskCLIP(nn.Module):
         # Only present tasks enter the graph, so absent tasks get no gradient (not even zeros).
         bank = torch.stack([self.prompts.vision(t) for t in names])  # (T', depth, n, Wv)
         img = self.encoder.encode_image(images, bank[local])  # (B, E)
-        per_sample = self.all_text_features(names)[local]  # (B, Cmax, E)
+        text = self.all_text_features(names)  # (T', Cmax, E)
         counts = torch.tensor(self.num_labels, device=task_idx.device)[task_idx]  # (B,)
-        return self.encoder.logit_scale * label_cosines(img, per_sample, counts)
+        logits = self.encoder.logit_scale * label_cosines(img, text[local], counts)
+        return (logits, img, text, present) if return_features else logits

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .partition import canonical, same_partition
 from .runtime import RunContext
-from .train import load_shots
+from .train import class_means, load_shots
 
 
 def random_partition(tasks: list[str], groups: list[list[str]], seed: int, draw: int = 0) -> list[list[str]]:
@@ -52,8 +52,7 @@ def prototype_predict(rc: RunContext, seed: int, keep: bool = True) -> dict[str,
     out = {}
     for ti, dom in enumerate(rc.data.domains):
         mine = shots.tasks == ti
-        protos = torch.stack([feats[mine & (shots.labels == c)].mean(0) for c in range(len(dom.labels))])
-        protos = torch.nn.functional.normalize(protos, dim=-1)  # (C, E)
+        protos = class_means(feats[mine], shots.labels[mine], len(dom.labels))  # (C, E)
         x = rc.cache.load([p for p, _ in dom.test], cache=keep)
         probs = (scale * _features(rc, x) @ protos.T).softmax(-1)
         out[dom.name] = (probs, torch.tensor([li for _, li in dom.test]))

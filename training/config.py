@@ -59,6 +59,16 @@ class TrainConfig:
     init_scale: float = opt(0.1, "prompt init: N(0,1) x this x the frozen stream's RMS at each layer")
     augment: bool = opt(True, "random flip + shift of training images (few shots)")
     seed: int = opt(0, "training seed: shot sample, prompt init, batch order")
+    consistency_image: float = opt(1.0, "PromptSRC consistency: weight of the mean L1 distance between prompted and "
+                                        "frozen image features")
+    consistency_text: float = opt(2.5, "PromptSRC consistency: weight of the mean L1 distance between prompted and "
+                                       "frozen label features")
+    consistency_kl: float = opt(0.1, "PromptSRC consistency: weight of KL(zero-shot logits || prompted logits)")
+    cache_weights: list = opt([0.0, 0.25, 0.5, 1.0, 2.0],
+                              "label cache (Tip-Adapter-style): a label's embedding becomes (text + w x the class mean "
+                              "of its shots' prompted image features) / (1 + w); each domain takes the candidate w with "
+                              "the best calibration-split accuracy (ties: the smaller); 0 alone: text only",
+                              nargs="+", type=float)
 
 
 @dataclass
@@ -68,11 +78,17 @@ class GroupConfig:
     probe_init_scale: float = opt(1.0, "probe prompt init: N(0,1) x this x the stream RMS")
     snapshots: list = opt([10, 20, 30, 40, 50, 60], "steps at which per-task gradients are taken (step 0 is left out)", nargs="+",
                           type=int)
-    tower: str = opt("text", "gradients compared: text | vision | both (text carries the signal; see docs)")
+    probe_runs: int = opt(1, "probe runs pooled (seeds --seed, --seed + 1, ...: other shots and inits); the matrix "
+                             "is the mean over every run's snapshots")
+    tower: str = opt("text", "gradients compared: text | vision | both (concatenated) | mean (each tower's matrix "
+                             "normalised on its own, the two averaged)")
+    transform: str = opt("none", "none | rank (off-diagonal similarities replaced by their rank, scaled to [-1, 1])")
     center: bool = opt(True, "subtract the mean task gradient before the cosines (the pull all tasks share)")
-    method: str = opt("agglomerative", "agglomerative (threshold-free, cut by silhouette) | bands (the source's "
-                                       "threshold bands) | exhaustive (the source's max total within-group similarity, "
-                                       "N <= 10)")
+    method: str = opt("agglomerative", "agglomerative (threshold-free, average linkage) | spectral (normalised "
+                                       "Laplacian) | bands (the source's threshold bands) | exhaustive (the source's max "
+                                       "total within-group similarity, N <= 10)")
+    k_rule: str = opt("silhouette", "number of groups for agglomerative / spectral: silhouette (best on 1 - sim) | "
+                                    "eigengap (largest gap in the Laplacian's eigenvalues)")
     bands: list = opt([0.8, 0.6], "band lower bounds for --group-method bands, highest first", nargs="+", type=float)
     bands_center: bool = opt(False, "apply the bands to the centred matrix (default: uncentred, as the source states "
                                     "its 0.8 / 0.6)")

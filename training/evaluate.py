@@ -9,7 +9,8 @@ random_groups        control: group_private's layout on random partitions with t
 prototype            baseline: nearest class mean of the shots' frozen image features (no training)
 
 Every trained variant gives a task n = g + p prompt tokens per layer per tower and trains for
-the same steps on the same shots (chosen by the seed). Accuracy is on the held-out test split;
+the same steps on the same shots (chosen by the seed), with the same consistency loss to the
+frozen CLIP and the same label cache (class means of its prompted shot features). Accuracy is on the held-out test split;
 differences against group_private come with paired bootstrap intervals (training/stats.py).
 """
 
@@ -111,7 +112,9 @@ def evaluate(rc: RunContext, groups: list[list[str]], ecfg: EvalConfig, run_dir:
                    "batch_per_task": rc.train.batch_per_task,
                    "tokens_per_task_per_layer": rc.sizes.group_tokens + rc.sizes.private_tokens,
                    "group_tokens": rc.sizes.group_tokens, "private_tokens": rc.sizes.private_tokens,
-                   "lr": rc.train.lr},
+                   "lr": rc.train.lr, "cache_weights": rc.train.cache_weights,
+                   "consistency": {"image": rc.train.consistency_image, "text": rc.train.consistency_text,
+                                   "kl": rc.train.consistency_kl}},
         "test_images": {d.name: len(d.test) for d in rc.data.domains},
         "model": rc.clip.info.to_dict(),
         "shots_note": SHOTS_NOTE,
@@ -177,7 +180,10 @@ def report_markdown(report: dict) -> str:
     lines = [f"# Evaluation: top-1 accuracy (%) on the held-out test split, mean ± sd over seeds {seeds}", "",
              f"Budget for every trained variant: {b['steps']} steps, {b['shots_per_label']} shots per label, "
              f"{b['batch_per_task']} samples per task per step, {b['tokens_per_task_per_layer']} prompt tokens per "
-             f"task per layer per tower (group_private: {b['group_tokens']} group + {b['private_tokens']} private). "
+             f"task per layer per tower (group_private: {b['group_tokens']} group + {b['private_tokens']} private), "
+             f"the same consistency loss (image {b['consistency']['image']}, text {b['consistency']['text']}, KL "
+             f"{b['consistency']['kl']}) and label cache (weight per domain from {b['cache_weights']}, chosen on the "
+             "calibration split). "
              "prototype's parameters are its fitted class means (nothing trained by gradient).", ""]
     lines += _table(report)
     lines += ["", "Per seed (mean over domains, %):", "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |",

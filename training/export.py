@@ -62,6 +62,9 @@ def export_run(clip, encoder, data: TaskData, cache: ImageCache, final_path: Pat
         bundle.manifest.negatives = fitted.negatives
         bundle.manifest.created_at = stamp
         bundle.tensors["scope.bank"], bundle.tensors["scope.labels"] = (t.contiguous() for t in fitted.bank)
+        if dom.name in model.label_cache:
+            bundle.tensors["labels.cache"] = model.label_cache[dom.name].half().contiguous()
+            bundle.manifest.prompt["cache_weight"] = model.cache_weights[dom.name]
         path = store.publish(bundle, base=clip.info)
         out[dom.name] = {"version": v, "path": str(path), "accuracy": metrics["accuracy"],
                          "threshold": fitted.labels[0].threshold, "review_threshold": fitted.decision[

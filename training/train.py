@@ -27,12 +27,15 @@ from promptclip import (
     PromptConfig,
     PromptedCLIP,
     TaskPrompts,
+    label_embeddings,
     label_tokens,
     measure_stream_rms,
 )
+from promptclip.decisions import label_cosines
 
 from .config import PromptSizes, SplitConfig, TrainConfig, to_dict
 from .data import ImageCache, TaskData, fingerprint, items_tensors
+from .decisions import image_features
 from .runtime import Dist, RunContext
 
 log = logging.getLogger(__name__)
@@ -129,6 +132,53 @@ class LayerScaledStep:
                 p.copy_(old + (p - old) * scale)
 
 
+@dataclass
+class Consistency:
+    """PromptSRC's self-regulating consistency loss: keep the prompted CLIP near the frozen one.
+
+    Few shots pull prompts towards features that fit them and away from what CLIP already knows
+    (photo accuracy fell below zero-shot). Three terms (Khattak et al., 2023): the mean L1
+    distance of prompted to frozen image features and of prompted to frozen label features, and
+    KL(zero-shot logits || prompted logits) per sample.
+    """
+
+    text0: Tensor  # (T, Cmax, E) frozen label features per task, zero-padded
+    image: float
+    text: float
+    kl: float
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: MultiTaskCLIP, cfg: TrainConfig) -> Consistency | None:
+        if not (cfg.consistency_image or cfg.consistency_text or cfg.consistency_kl):
+            return None
+        n = model.prompts.config.tokens
+        feats = [model.encoder.encode_text(_strip_slots(model.label_tokens(t), n)) for t in model.tasks]
+        text0 = feats[0].new_zeros(len(feats), max(f.shape[0] for f in feats), feats[0].shape[1])
+        for i, f in enumerate(feats):
+            text0[i, : f.shape[0]] = f
+        return cls(text0, cfg.consistency_image, cfg.consistency_text, cfg.consistency_kl)
+
+    def loss(self, model: MultiTaskCLIP, images: Tensor, task_idx: Tensor, logits: Tensor, img: Tensor,
+             text: Tensor, present: list[int]) -> Tensor:
+        with torch.no_grad():
+            img0 = model.encoder.encode_image(images)
+            text0 = self.text0[task_idx]  # (B, Cmax, E)
+            counts = torch.tensor(model.num_labels, device=task_idx.device)[task_idx]
+            zs = model.encoder.logit_scale * label_cosines(img0, text0, counts)
+        valid = torch.isfinite(zs)
+        log_p = F.log_softmax(logits.masked_fill(~valid, -1e4), -1)
+        log_q = F.log_softmax(zs.masked_fill(~valid, -1e4), -1)
+        kl = F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
+        return (self.image * F.l1_loss(img, img0.to(img.dtype))
+                + self.text * F.l1_loss(text, self.text0[present].to(text.dtype)) + self.kl * kl)
+
+
+def _strip_slots(tokens: Tensor, n: int) -> Tensor:
+    """Label tokens without the `n` prompt placeholder slots after SOT (what bare CLIP reads)."""
+    return torch.cat([tokens[:, :1], tokens[:, 1 + n:], tokens.new_zeros(tokens.shape[0], n)], 1)
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -137,10 +187,12 @@ def _atomic_save(obj, path: Path) -> None:
 
 def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms: StreamRMS | None = None,
                  out_dir: Path | None = None, resume: bool = False, dist: Dist | None = None, stop_after: int = 0,
-                 hook: Callable[[int, MultiTaskCLIP], None] | None = None, desc: str = "train") -> bool:
+                 hook: Callable[[int, MultiTaskCLIP], None] | None = None, desc: str = "train",
+                 consistency: Consistency | None = None) -> bool:
     """Train `model.prompts` in place. Returns False if stopped early by `stop_after` epochs.
 
     `rms` (from `build_model`) scales each layer's step (`LayerScaledStep`); None: unscaled.
+    `consistency` adds PromptSRC's pull towards the frozen CLIP to the cross-entropy.
     `hook(step, model)` runs after `step` optimizer steps (1..steps), e.g. gradient snapshots.
     """
     dist = dist or Dist()
@@ -180,8 +232,12 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms:
             x = _augment(x, gen)
         mine = torch.cat([torch.arange(t * cfg.batch_per_task + dist.rank * part,
                                        t * cfg.batch_per_task + (dist.rank + 1) * part) for t in range(len(picks))])
-        logits = net(x[mine].to(device), shots.tasks[full][mine].to(device))
+        xb, tb = x[mine].to(device), shots.tasks[full][mine].to(device)
+        out = net(xb, tb, return_features=consistency is not None)
+        logits = out[0] if consistency is not None else out
         loss = F.cross_entropy(logits, shots.labels[full][mine].to(device))
+        if consistency is not None:
+            loss = loss + consistency.loss(model, xb, tb, *out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         stepper.step(opt)
@@ -200,6 +256,32 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms:
                 return False
     net.eval()
     return True
+
+
+def class_means(feats: Tensor, labels: Tensor, n: int) -> Tensor:
+    """(n, E) normalised mean of the features of each label 0..n-1."""
+    return F.normalize(torch.stack([feats[labels == c].mean(0) for c in range(n)]), dim=-1)
+
+
+@torch.no_grad()
+def fit_label_cache(rc: RunContext, model: MultiTaskCLIP, shots: FewShot) -> None:
+    """Give `model` its label cache: per task, the class means of its shots' prompted image features
+    (fp16, as a bundle stores them) and the weight among `rc.train.cache_weights` with the best
+    accuracy on the task's calibration split (validation + unused pool; never test)."""
+    model.set_label_cache({}, {})
+    cache, weights = {}, {}
+    for ti, dom in enumerate(rc.data.domains):
+        mine = shots.tasks == ti
+        cache[dom.name] = class_means(image_features(model, ti, shots.images[mine]), shots.labels[mine],
+                                      len(dom.labels)).half()
+        calib = dom.calibration(rc.split.shots, rc.train.seed)
+        x = image_features(model, ti, rc.cache.load([p for p, _ in calib]))
+        y = torch.tensor([li for _, li in calib])
+        text = model.text_features(dom.name).float().cpu()
+        acc = {w: float(((x @ label_embeddings(text, cache[dom.name].float(), w).T).argmax(1) == y).float().mean())
+               for w in sorted(rc.train.cache_weights)}
+        weights[dom.name] = max(acc, key=lambda w: (acc[w], -w))
+    model.set_label_cache(cache, weights)
 
 
 def load_shots(cache: ImageCache, data: TaskData, split: SplitConfig, seed: int) -> FewShot:
@@ -232,15 +314,20 @@ def train_variant(rc: RunContext, variant: str, groups: list[list[str]], out_dir
         saved = torch.load(final, map_location="cpu", weights_only=False)
         if saved["key"] == key:
             model.prompts.load_state_dict(saved["prompts"])
+            model.set_label_cache(saved.get("label_cache", {}), saved.get("cache_weights", {}))
             log.info("reusing finished run %s", out_dir)
             return model
     if variant != "zero_shot":
         finished = run_training(model, shots, cfg, rms=rms, out_dir=out_dir, resume=resume, dist=rc.dist,
-                                stop_after=stop_after, desc=f"{variant} s{cfg.seed}")
+                                stop_after=stop_after, desc=f"{variant} s{cfg.seed}",
+                                consistency=Consistency.build(model, cfg))
         if not finished:
             return None
+    if variant != "zero_shot" and any(cfg.cache_weights):
+        fit_label_cache(rc, model, shots)
     if rc.dist.is_main:
-        _atomic_save({"key": key, "prompts": model.prompts.state_dict(),
+        _atomic_save({"key": key, "prompts": model.prompts.state_dict(), "label_cache": model.label_cache,
+                      "cache_weights": model.cache_weights,
                       "labels": {d.name: [asdict(lab) for lab in d.labels] for d in data.domains},
                       "trainable_params": model.prompts.num_trainable()}, final)
     return model
@@ -257,7 +344,9 @@ def load_final(path: Path, encoder: PromptedCLIP, tokenizer, data: TaskData) -> 
                           encoder.text_width, encoder.text_layers)
     prompts.load_state_dict(saved["prompts"])
     device = encoder.logit_scale.device
-    return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device), saved
+    model = MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device)
+    model.set_label_cache(saved.get("label_cache", {}), saved.get("cache_weights", {}))
+    return model, saved
 
 
 @torch.no_grad()

@@ -176,3 +176,35 @@ def test_publish_refuses_bundle_for_another_model(tmp_path, prompts, tiny_clip):
         store.publish(make(prompts, tiny_clip, "v0001"), other)
     assert store.versions("photo") == [] and store.current_version("photo") is None
     assert [p.name for p in (tmp_path / "photo").iterdir()] == []
+
+
+def test_label_cache_round_trips_and_blends_the_label_embeddings(tmp_path, prompts, tiny_clip):
+    from promptclip import bundle_bank, label_embeddings
+
+    b = make(prompts, tiny_clip)
+    b.tensors["labels.cache"] = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1).half()
+    b.manifest.prompt["cache_weight"] = 0.5
+    loaded = load_bundle(save_bundle(b, tmp_path / "v0001.safetensors"), tiny_clip.info)
+    cache, weight = loaded.label_cache()
+    assert weight == 0.5 and torch.equal(cache, b.tensors["labels.cache"].float())
+    plain = make(prompts, tiny_clip)  # no cache: the text features alone
+    assert plain.label_cache() == (None, 0.0)
+    from promptclip import PromptedCLIP
+    enc = PromptedCLIP(tiny_clip.model)
+    with_cache, _ = bundle_bank(loaded, enc, tiny_clip.tokenizer, "cpu")
+    text_only, _ = bundle_bank(plain, enc, tiny_clip.tokenizer, "cpu")
+    expect = (text_only.labels + 0.5 * cache) / 1.5
+    torch.testing.assert_close(with_cache.labels, expect)
+    # the blended score is the convex blend of the two cosines
+    x = torch.nn.functional.normalize(torch.randn(5, 32), dim=-1)
+    torch.testing.assert_close(x @ label_embeddings(text_only.labels, cache, 0.5).T,
+                               (x @ text_only.labels.T + 0.5 * x @ cache.T) / 1.5)
+    assert label_embeddings(text_only.labels, cache, 0.0) is text_only.labels
+
+
+def test_refuses_label_cache_of_the_wrong_shape(tmp_path, prompts, tiny_clip):
+    b = make(prompts, tiny_clip)
+    b.tensors["labels.cache"] = torch.zeros(3, 32, dtype=torch.float16)  # 3 rows for 2 labels
+    path = save_bundle(b, tmp_path / "v0001.safetensors")
+    with pytest.raises(BundleError, match="labels.cache"):
+        load_bundle(path, tiny_clip.info)

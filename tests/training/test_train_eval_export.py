@@ -181,3 +181,57 @@ def test_ddp_world_size_2_matches_world_size_1(world, grouped, tiny_json, tmp_pa
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     init = torch.load(tmp_path / "ws2" / "models" / "group_private-s0" / "last.pt", weights_only=False)
     assert init["step"] == 6
+
+
+def _drift(world, run, variant="group_private"):
+    """Mean L1 distance of the prompted image features of photo's test images to the frozen ones."""
+    from promptclip import PromptedCLIP
+    from training.data import ImageCache, load_tasks
+    from training.decisions import image_features
+    from training.train import load_final
+
+    torch.manual_seed(0)  # the CLI builds random-init CLIPs from seed 0
+    clip = load_clip(ModelSpec(model="test-tiny", pretrained=None))
+    enc = PromptedCLIP(clip.model)
+    data = load_tasks(world, val_per_class=2, domains=DOMAINS)
+    model, _ = load_final(Path(run) / "models" / f"{variant}-s0" / "final.pt", enc, clip.tokenizer, data)
+    x = ImageCache(clip.preprocess).load([p for p, _ in data["photo"].test])
+    with torch.no_grad():
+        feats = image_features(model, model.tasks.index("photo"), x)
+        return float((feats - enc.encode_image(x)).abs().mean()), model
+
+
+def test_consistency_keeps_prompted_features_near_the_frozen_ones(world, grouped, trained, tmp_path):
+    from promptclip import label_tokens
+    from training.train import _strip_slots
+
+    torch.manual_seed(0)
+    tok = load_clip(ModelSpec(model="test-tiny", pretrained=None)).tokenizer
+    texts = ["a photo of a knife.", "a photo of a flower."]
+    assert torch.equal(_strip_slots(label_tokens(tok, texts, 3), 3), tok(texts))  # what bare CLIP reads
+    assert train(world, grouped, tmp_path, "--lr", "0.5", "--consistency-image", "50", "--consistency-text", "50",
+                 "--consistency-kl", "5") == 0
+    assert train(world, grouped, tmp_path / "free", "--lr", "0.5", "--consistency-image", "0", "--consistency-text", "0",
+                 "--consistency-kl", "0") == 0
+    held, _ = _drift(world, tmp_path)
+    free, _ = _drift(world, tmp_path / "free")
+    assert held < 0.5 * free, (held, free)
+
+
+def test_label_cache_is_what_training_evaluates_and_the_bundle_serves(world, grouped, tmp_path):
+    from promptclip import bundle_bank
+
+    assert train(world, grouped, tmp_path, "--cache-weights", "0.5") == 0
+    saved = torch.load(tmp_path / "models" / "group_private-s0" / "final.pt", weights_only=False)
+    assert set(saved["label_cache"]) == set(DOMAINS)
+    assert all(c.shape == (8, 32) and c.dtype == torch.float16 for c in saved["label_cache"].values())
+    _, model = _drift(world, tmp_path)
+    assert model.cache_weights == {d: 0.5 for d in DOMAINS}  # one candidate: every domain takes it
+    store = tmp_path / "store"
+    assert main(["export", "--run", str(tmp_path), "--store", str(store)]) == 0
+    b = PromptStore(store).load_current("photo")
+    assert b.manifest.prompt["cache_weight"] == 0.5 and b.tensors["labels.cache"].shape == (8, 32)
+    bank, _ = bundle_bank(b, model.encoder, load_clip(ModelSpec(model="test-tiny", pretrained=None)).tokenizer, "cpu")
+    with torch.no_grad():  # inference: the cache blends in (training's grad path reads the text alone)
+        blended = model.text_features("photo").float()
+    torch.testing.assert_close(bank.labels, blended, rtol=1e-5, atol=1e-6)
