@@ -1,15 +1,18 @@
 """Task grouping by gradient similarity (DESIGN §4).
 
-1. Train one global prompt set shared by all tasks (the probe).
+1. Train one global prompt set shared by all tasks (the probe); by default 3 probe runs
+   (`probe_runs`, seeds --seed, --seed + 1, ...: other shots and inits), pooled.
 2. At several snapshots (never step 0: there every task pulls the same common direction),
    take each task's gradient of its own loss w.r.t. the global prompts of both towers and keep
    the Gram matrices (G G^T) per tower; optionally also on bootstrap resamples of the shots.
-3. From the Gram matrices (`partition.similarity_from_gram`): cosine or dot product, centred
-   (minus the mean task gradient: the pull every task shares) or not, averaged over snapshots.
-4. Group (`partition.partition`): threshold-free agglomerative clustering by default, the
-   source's threshold bands (on the uncentred matrix by default, as the source states them), or
-   its exhaustive maximum of total within-group similarity. The partition's stability under
-   resampled snapshots and shots is written beside it.
+3. From the Gram matrices (`partition.tower_similarity`): cosine or dot product, centred
+   (minus the mean task gradient: the pull every task shares) or not, averaged over every run's
+   snapshots; by default the mean of the two towers' matrices, each normalised on its own.
+4. Group (`partition.partition`): threshold-free agglomerative clustering by default (or
+   spectral; k by silhouette or eigengap), the source's threshold bands (on the uncentred
+   matrix by default, as the source states them), or its exhaustive maximum of total
+   within-group similarity. The partition's stability under resampled snapshots and shots is
+   written beside it.
 """
 
 from __future__ import annotations
@@ -27,13 +30,19 @@ from promptclip import MultiTaskCLIP
 
 from .config import GroupConfig, PromptSizes
 from .partition import (  # noqa: F401 (re-exported: the package's public grouping rules)
+    K_RULES,
+    METHODS,
+    TOWER_CHOICES,
+    TRANSFORMS,
     agglomerative_groups,
     band_groups,
     exhaustive_groups,
     partition,
     same_partition,
     similarity_from_gram,
+    spectral_groups,
     stability,
+    tower_similarity,
 )
 from .runtime import RunContext
 from .train import FewShot, build_model, load_shots, run_training, variant_layout
@@ -71,6 +80,17 @@ def tower_grams(per_snapshot: list[dict[str, np.ndarray]], tower: str) -> np.nda
     if tower == "both":
         return np.stack([s["text"] + s["vision"] for s in per_snapshot])
     return np.stack([s[tower] for s in per_snapshot])
+
+
+def stacked_grams(per_snapshot: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """(S, 2, T, T): both towers' Gram matrices per snapshot (text, vision), resampled together."""
+    return np.stack([np.stack([s["text"], s["vision"]]) for s in per_snapshot])
+
+
+def grouping_similarity(stacked: np.ndarray, gcfg: GroupConfig, center: bool) -> np.ndarray:
+    """The matrix grouped on, from `stacked_grams` (any subset of snapshots)."""
+    return tower_similarity({"text": stacked[:, 0], "vision": stacked[:, 1]}, gcfg.tower, gcfg.measure, center,
+                            gcfg.transform)
 
 
 def resample_picks(shots: FewShot, n_tasks: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -135,12 +155,18 @@ def _check(gcfg: GroupConfig) -> list[int]:
     snaps = sorted({s for s in gcfg.snapshots if 0 < s <= gcfg.steps})
     if not snaps:
         raise ValueError(f"snapshots {gcfg.snapshots} must include steps in 1..{gcfg.steps} (step 0 is left out)")
-    if gcfg.tower not in ("text", "vision", "both"):
-        raise ValueError(f"tower must be text, vision or both, got {gcfg.tower!r}")
+    if gcfg.tower not in TOWER_CHOICES:
+        raise ValueError(f"tower must be one of {', '.join(TOWER_CHOICES)}, got {gcfg.tower!r}")
     if gcfg.measure not in ("cosine", "dot"):
         raise ValueError(f"measure must be cosine or dot, got {gcfg.measure!r}")
-    if gcfg.method not in ("agglomerative", "bands", "exhaustive"):
-        raise ValueError(f"method must be agglomerative, bands or exhaustive, got {gcfg.method!r}")
+    if gcfg.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {gcfg.method!r}")
+    if gcfg.k_rule not in K_RULES:
+        raise ValueError(f"k_rule must be one of {', '.join(K_RULES)}, got {gcfg.k_rule!r}")
+    if gcfg.transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {gcfg.transform!r}")
+    if gcfg.probe_runs < 1:
+        raise ValueError(f"probe_runs must be at least 1, got {gcfg.probe_runs}")
     return snaps
 
 
@@ -153,53 +179,80 @@ def _r(m) -> list:
     return [[round(float(v), 4) for v in row] for row in m]
 
 
-def similarity_record(tasks: list[str], gcfg: GroupConfig, snaps: list[int], rec: _Snapshots) -> dict:
-    """similarity.json: the matrix grouped on, the usual views of it, and the raw per-snapshot Gram matrices."""
+def similarity_record(tasks: list[str], gcfg: GroupConfig, snaps: list[int], seeds: list[int],
+                      main: list[dict[str, np.ndarray]], resampled: list[list[dict[str, np.ndarray]]]) -> dict:
+    """similarity.json: the matrix grouped on, the usual views of it, and the raw per-snapshot Gram matrices.
+
+    With several probe runs, `gram` holds every run's snapshots one run after the other
+    (`gram_seeds` / `gram_steps` name the probe seed and step of each).
+    """
     center = grouping_center(gcfg)
-    g = tower_grams(rec.main, gcfg.tower)
-    per_snap = [similarity_from_gram(x[None], gcfg.measure, center) for x in g]
-    return {"tasks": tasks, "matrix": _r(similarity_from_gram(g, gcfg.measure, center)), "tower": gcfg.tower,
-            "measure": gcfg.measure, "snapshots": snaps, "centered": center,
-            "uncentered": _r(similarity_from_gram(g, gcfg.measure, False)),
-            "per_tower": {t: _r(similarity_from_gram(tower_grams(rec.main, t), gcfg.measure, gcfg.center))
-                          for t in ("text", "vision", "both")},
+    st = stacked_grams(main)
+    per_snap = [grouping_similarity(x[None], gcfg, center) for x in st]
+    return {"tasks": tasks, "matrix": _r(grouping_similarity(st, gcfg, center)), "tower": gcfg.tower,
+            "measure": gcfg.measure, "transform": gcfg.transform, "snapshots": snaps, "probe_seeds": seeds,
+            "gram_steps": [s for _ in seeds for s in snaps], "gram_seeds": [sd for sd in seeds for _ in snaps],
+            "centered": center,
+            "uncentered": _r(tower_similarity({"text": st[:, 0], "vision": st[:, 1]}, gcfg.tower, gcfg.measure, False)),
+            "per_tower": {t: _r(tower_similarity({"text": st[:, 0], "vision": st[:, 1]}, t, gcfg.measure, gcfg.center))
+                          for t in TOWER_CHOICES},
             "per_snapshot": [_r(m) for m in per_snap],
-            "gram": {t: tower_grams(rec.main, t).tolist() for t in TOWERS},
-            "gram_shot_resamples": {t: [tower_grams(r, t).tolist() for r in rec.resampled] for t in TOWERS}}
+            "gram": {t: tower_grams(main, t).tolist() for t in TOWERS},
+            "gram_shot_resamples": {t: [tower_grams(r, t).tolist() for r in resampled] for t in TOWERS}}
 
 
-def group_tasks(rc: RunContext, gcfg: GroupConfig, out_dir: Path) -> dict:
-    """Run the grouping; write similarity.json, groups.json and similarity.png into `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    snaps = _check(gcfg)
-    tcfg, data = rc.train, rc.data
-    torch.manual_seed(tcfg.seed)
-    shots = load_shots(rc.cache, data, rc.split, tcfg.seed)
+def probe_gradients(rc: RunContext, gcfg: GroupConfig, snaps: list[int], seed: int) -> _Snapshots:
+    """One probe run (its shots, init and training drawn from `seed`): the gradient snapshots."""
+    tcfg, data = replace(rc.train, seed=seed), rc.data
+    torch.manual_seed(seed)
+    shots = load_shots(rc.cache, data, rc.split, seed)
     # the probe has its own size and init: the signal needs capacity, not the bundles' small budget
     probe = PromptSizes(group_tokens=gcfg.probe_tokens, private_tokens=0, depth=rc.sizes.depth)
     layout, pcfg = variant_layout("all_shared", data.tasks, [data.tasks], probe)
-    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, gcfg.probe_init_scale,
-                             tcfg.seed)
-    rec = _Snapshots(shots, snaps, gcfg.stability_resamples, tcfg.seed)
-    run_training(model, shots, replace(tcfg, steps=gcfg.steps), rms=rms, hook=rec, desc="global prompts")
-    tasks, center = data.tasks, grouping_center(gcfg)
-    similarity = similarity_record(tasks, gcfg, snaps, rec)
-    sim = similarity_from_gram(tower_grams(rec.main, gcfg.tower), gcfg.measure, center)
-    groups, cut = partition(tasks, sim, gcfg.method, gcfg.bands)
+    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, gcfg.probe_init_scale, seed)
+    rec = _Snapshots(shots, snaps, gcfg.stability_resamples, seed)
+    run_training(model, shots, replace(tcfg, steps=gcfg.steps), rms=rms, hook=rec,
+                 desc=f"global prompts (probe seed {seed})")
+    return rec
+
+
+def group_tasks(rc: RunContext, gcfg: GroupConfig, out_dir: Path) -> dict:
+    """Run the grouping; write similarity.json, groups.json and similarity.png into `out_dir`.
+
+    `gcfg.probe_runs` probes (seeds train.seed, train.seed + 1, ...: different shots and inits)
+    pool their snapshots: the matrix is the mean over every run's snapshots, which averages out
+    the few-shot gradient noise of any one draw of the shots.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snaps = _check(gcfg)
+    seeds = [rc.train.seed + i for i in range(gcfg.probe_runs)]
+    main: list[dict[str, np.ndarray]] = []
+    resampled: list[list[dict[str, np.ndarray]]] = [[] for _ in range(gcfg.stability_resamples)]
+    for seed in seeds:
+        rec = probe_gradients(rc, gcfg, snaps, seed)
+        main += rec.main
+        for r in range(gcfg.stability_resamples):
+            resampled[r] += rec.resampled[r]
+    tasks, center = rc.data.tasks, grouping_center(gcfg)
+    similarity = similarity_record(tasks, gcfg, snaps, seeds, main, resampled)
+    sim = grouping_similarity(stacked_grams(main), gcfg, center)
+    groups, cut = partition(tasks, sim, gcfg.method, gcfg.bands, gcfg.k_rule)
 
     def choose(g: np.ndarray) -> list[list[str]]:
-        return partition(tasks, similarity_from_gram(g, gcfg.measure, center), gcfg.method, gcfg.bands)[0]
+        return partition(tasks, grouping_similarity(g, gcfg, center), gcfg.method, gcfg.bands, gcfg.k_rule)[0]
 
-    resampled = np.stack([tower_grams(r, gcfg.tower) for r in rec.resampled]) if rec.resampled else None
-    stab = stability(tasks, groups, tower_grams(rec.main, gcfg.tower), resampled, choose,
-                     draws=gcfg.stability_draws, seed=tcfg.seed)
+    shot_draws = np.stack([stacked_grams(r) for r in resampled]) if gcfg.stability_resamples else None
+    stab = stability(tasks, groups, stacked_grams(main), shot_draws, choose, draws=gcfg.stability_draws,
+                     seed=rc.train.seed)
     similarity["stability"] = stab
-    result = {"groups": groups, "tasks": tasks, "method": gcfg.method, "measure": gcfg.measure, "tower": gcfg.tower,
-              "centered": center, "cut": cut, "stability": stab}
+    result = {"groups": groups, "tasks": tasks, "method": gcfg.method, "k_rule": gcfg.k_rule, "measure": gcfg.measure,
+              "tower": gcfg.tower, "transform": gcfg.transform, "centered": center, "probe_seeds": seeds,
+              "cut": cut, "stability": stab}
     (out_dir / "similarity.json").write_text(json.dumps(similarity, indent=1) + "\n")
     (out_dir / "groups.json").write_text(json.dumps(result, indent=1) + "\n")
     plot_similarity(tasks, sim, groups, out_dir / "similarity.png",
-                    f"{gcfg.tower}-tower gradient {gcfg.measure}{' (centred)' if center else ''}, mean of steps {snaps}")
+                    f"{gcfg.tower}-tower gradient {gcfg.measure}{' (centred)' if center else ''}, mean of steps {snaps}"
+                    f"{f' x probe seeds {seeds}' if len(seeds) > 1 else ''}")
     log.info("groups: %s (stability %s)", groups, stab)
     return result

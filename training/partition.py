@@ -4,7 +4,11 @@ Pure numpy, no model: every rule here is unit-tested on planted matrices.
 
 * `similarity_from_gram`: cosine or dot product (claim 9's literal "product"), centred or not,
   from per-snapshot Gram matrices of the task gradients (G G^T), averaged over snapshots.
-* `agglomerative_groups`: threshold-free default (average linkage, cut at the best silhouette).
+* `tower_similarity`: one tower's matrix, both towers' concatenated gradients (`both`), or the
+  mean of the two towers' matrices, each normalised on its own (`mean`); optionally rank-transformed.
+* `agglomerative_groups`: threshold-free (average linkage, cut at the best silhouette, or at the
+  largest eigengap of the normalised Laplacian).
+* `spectral_groups`: spectral clustering (normalised Laplacian of the positive part, k by eigengap).
 * `band_groups`: the source's threshold bands (e.g. all pairwise >= 0.8, then [0.6, 0.8)).
 * `exhaustive_groups`: the source's other criterion, the partition with the largest total
   within-group similarity, by enumerating every partition (N <= 10: at most 115,975).
@@ -48,6 +52,56 @@ def similarity_from_gram(grams: np.ndarray, measure: str = "cosine", center: boo
     return np.mean(out, axis=0)
 
 
+TOWER_CHOICES = ("text", "vision", "both", "mean")
+TRANSFORMS = ("none", "rank")
+K_RULES = ("silhouette", "eigengap")
+
+
+def rank_transform(sim: np.ndarray) -> np.ndarray:
+    """Off-diagonal entries replaced by their rank, scaled to [-1, 1] (ties averaged); diagonal 1.
+
+    Keeps only the order of the pairs: one pair far above the rest no longer stretches the scale.
+    """
+    sim = np.asarray(sim, dtype=np.float64)
+    n = len(sim)
+    iu = np.triu_indices(n, 1)
+    v = sim[iu]
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(len(v), dtype=np.float64)
+    for val in np.unique(v):  # ties share their mean rank
+        tie = v == val
+        ranks[tie] = ranks[tie].mean()
+    out = np.eye(n)
+    scaled = ranks / max(len(v) - 1, 1) * 2.0 - 1.0
+    out[iu] = scaled
+    out[(iu[1], iu[0])] = scaled
+    return out
+
+
+def tower_similarity(grams: dict[str, np.ndarray], tower: str, measure: str = "cosine", center: bool = False,
+                     transform: str = "none") -> np.ndarray:
+    """The (T, T) task similarity from per-tower (S, T, T) Gram matrices.
+
+    `text` / `vision`: that tower alone. `both`: the concatenated gradients (the Gram matrices
+    summed), where the tower with the larger gradients dominates. `mean`: each tower's matrix
+    on its own (normalised per tower), then the two averaged, so each tower has equal weight.
+    `transform="rank"` rank-transforms the result (`rank_transform`).
+    """
+    if tower not in TOWER_CHOICES:
+        raise ValueError(f"tower must be one of {TOWER_CHOICES}, got {tower!r}")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    if tower == "mean":
+        sim = (similarity_from_gram(grams["text"], measure, center)
+               + similarity_from_gram(grams["vision"], measure, center)) / 2.0
+    elif tower == "both":
+        sim = similarity_from_gram(np.asarray(grams["text"]) + np.asarray(grams["vision"]), measure, center)
+    else:
+        sim = similarity_from_gram(grams[tower], measure, center)
+    return rank_transform(sim) if transform == "rank" else sim
+
+
 def silhouette(dist: np.ndarray, labels: list[int]) -> float:
     """Mean silhouette of a partition under a precomputed distance matrix (singletons score 0)."""
     labels = np.asarray(labels)
@@ -82,8 +136,40 @@ def _linkage_partitions(dist: np.ndarray) -> dict[int, list[list[int]]]:
     return partitions
 
 
-def agglomerative_groups(tasks: list[str], sim: np.ndarray) -> tuple[list[list[str]], dict]:
-    """Average-linkage clustering on 1 - similarity, cut where the silhouette is highest.
+def _labels(clusters: list[list[int]], n: int) -> list[int]:
+    labels = [0] * n
+    for ci, c in enumerate(clusters):
+        for i in c:
+            labels[i] = ci
+    return labels
+
+
+def laplacian_spectrum(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (ascending) and eigenvectors of the normalised Laplacian of the positive part of `sim`.
+
+    Affinity A = max(sim, 0) (a negative similarity is no affinity), with self-affinity 1 on the
+    diagonal so that a task like no other is its own component (eigenvalue 0), not a degenerate
+    row; L = I - D^-1/2 A D^-1/2. k well separated blocks give k eigenvalues near 0, then a gap.
+    """
+    a = np.clip(np.asarray(sim, dtype=np.float64), 0.0, None)
+    np.fill_diagonal(a, 1.0)
+    d = a.sum(1)
+    lap = np.eye(len(a)) - a / np.sqrt(np.outer(d, d))
+    return np.linalg.eigh(lap)
+
+
+def eigengap_k(sim: np.ndarray) -> tuple[int, dict]:
+    """The number of groups (2..N-1) after which the Laplacian's eigenvalues jump the most."""
+    w, _ = laplacian_spectrum(sim)
+    n = len(w)
+    gaps = {k: float(w[k] - w[k - 1]) for k in range(2, n)}
+    k = max(gaps, key=lambda kk: (gaps[kk], -kk))
+    return k, {"eigenvalues": [round(float(x), 4) for x in w], "eigengap": {str(kk): round(v, 4) for kk, v in gaps.items()}}
+
+
+def agglomerative_groups(tasks: list[str], sim: np.ndarray, k_rule: str = "silhouette"
+                         ) -> tuple[list[list[str]], dict]:
+    """Average-linkage clustering on 1 - similarity, cut where the silhouette is highest (or at the eigengap's k).
 
     No threshold: the matrix itself picks the number of groups (2..N-1).
     """
@@ -91,18 +177,46 @@ def agglomerative_groups(tasks: list[str], sim: np.ndarray) -> tuple[list[list[s
     if n <= 2:
         together = n == 2 and sim[0, 1] > 0
         return canonical(tasks, [[0, 1]] if together else [[i] for i in range(n)]), {"rule": "n<=2: cos > 0"}
+    if k_rule not in K_RULES:
+        raise ValueError(f"k_rule must be one of {K_RULES}, got {k_rule!r}")
     dist = 1.0 - sim
     partitions = _linkage_partitions(dist)
-    scores = {}
-    for k in range(2, n):
-        labels = [0] * n
-        for ci, c in enumerate(partitions[k]):
-            for i in c:
-                labels[i] = ci
-        scores[k] = silhouette(dist, labels)
-    k = max(scores, key=lambda kk: (scores[kk], -kk))
-    return canonical(tasks, partitions[k]), {"rule": "average linkage, cut at best silhouette", "k": k,
-                                             "silhouette": {str(kk): round(v, 4) for kk, v in scores.items()}}
+    scores = {k: silhouette(dist, _labels(partitions[k], n)) for k in range(2, n)}
+    info = {"rule": f"average linkage, cut at {'best silhouette' if k_rule == 'silhouette' else 'largest eigengap'}",
+            "silhouette": {str(kk): round(v, 4) for kk, v in scores.items()}}
+    if k_rule == "silhouette":
+        k = max(scores, key=lambda kk: (scores[kk], -kk))
+    else:
+        k, spec = eigengap_k(sim)
+        info.update(spec)
+    info["k"] = k
+    return canonical(tasks, partitions[k]), info
+
+
+def spectral_groups(tasks: list[str], sim: np.ndarray, k_rule: str = "eigengap") -> tuple[list[list[str]], dict]:
+    """Spectral clustering: rows of the first k Laplacian eigenvectors (unit-normalised), grouped by average linkage.
+
+    k (2..N-1) by the largest eigengap, or by the best silhouette on 1 - sim. Deterministic
+    (no k-means restarts): the embedded rows are clustered by average linkage on their cosine.
+    """
+    n = len(tasks)
+    if n <= 2:
+        return agglomerative_groups(tasks, sim)
+    if k_rule not in K_RULES:
+        raise ValueError(f"k_rule must be one of {K_RULES}, got {k_rule!r}")
+    _, vecs = laplacian_spectrum(sim)
+    k_eig, spec = eigengap_k(sim)
+
+    def cut(k: int) -> list[list[int]]:
+        x = vecs[:, :k]
+        x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+        return _linkage_partitions(1.0 - x @ x.T)[k]
+
+    dist = 1.0 - sim
+    scores = {k: silhouette(dist, _labels(cut(k), n)) for k in range(2, n)}
+    k = k_eig if k_rule == "eigengap" else max(scores, key=lambda kk: (scores[kk], -kk))
+    return canonical(tasks, cut(k)), {"rule": f"spectral, k by {k_rule}", "k": k,
+                                      "silhouette": {str(kk): round(v, 4) for kk, v in scores.items()}, **spec}
 
 
 def band_groups(tasks: list[str], sim: np.ndarray, bands: list[float]) -> tuple[list[list[str]], dict]:
@@ -169,15 +283,21 @@ def exhaustive_groups(tasks: list[str], sim: np.ndarray) -> tuple[list[list[str]
                                        "score": round(best[0], 4)}
 
 
-def partition(tasks: list[str], sim: np.ndarray, method: str, bands: list[float]) -> tuple[list[list[str]], dict]:
-    """Dispatch to one grouping rule by name."""
+METHODS = ("agglomerative", "spectral", "bands", "exhaustive")
+
+
+def partition(tasks: list[str], sim: np.ndarray, method: str, bands: list[float], k_rule: str = "silhouette"
+              ) -> tuple[list[list[str]], dict]:
+    """Dispatch to one grouping rule by name (`k_rule`: how agglomerative / spectral pick the number of groups)."""
     if method == "agglomerative":
-        return agglomerative_groups(tasks, sim)
+        return agglomerative_groups(tasks, sim, k_rule)
+    if method == "spectral":
+        return spectral_groups(tasks, sim, k_rule)
     if method == "bands":
         return band_groups(tasks, sim, bands)
     if method == "exhaustive":
         return exhaustive_groups(tasks, sim)
-    raise ValueError(f"method must be agglomerative, bands or exhaustive, got {method!r}")
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 def adjusted_rand(a: list[list[str]], b: list[list[str]]) -> float:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from training import agglomerative_groups, band_groups, main, same_partition
+from training.config import GroupConfig
 from training.synth import DOMAINS, GROUPS, LABELS
 
 from .conftest import DOMAINS as USED
@@ -53,10 +54,14 @@ def test_group_writes_matrix_groups_and_heatmap(grouped):
     assert m.shape == (4, 4) and np.allclose(np.diag(m), 1.0, atol=1e-3) and np.allclose(m, m.T, atol=1e-3)
     assert (np.abs(m) <= 1 + 1e-6).all()
     assert sorted(t for g in groups["groups"] for t in g) == sorted(USED)
-    assert set(sim["per_tower"]) == {"text", "vision", "both"}
-    # the raw evidence every option regroups from, and the partition's stability under resampling
-    assert np.array(sim["gram"]["text"]).shape == (2, 4, 4) and np.array(sim["gram"]["vision"]).shape == (2, 4, 4)
-    assert np.array(sim["gram_shot_resamples"]["text"]).shape == (2, 2, 4, 4)  # 2 resamples x 2 snapshots
+    assert set(sim["per_tower"]) == {"text", "vision", "both", "mean"}
+    # the raw evidence every option regroups from (every default probe run x 2 snapshots), and the
+    # partition's stability under resampling
+    runs = GroupConfig().probe_runs
+    assert sim["probe_seeds"] == groups["probe_seeds"] == list(range(runs)) and groups["tower"] == GroupConfig().tower
+    n = 2 * runs
+    assert np.array(sim["gram"]["text"]).shape == (n, 4, 4) and np.array(sim["gram"]["vision"]).shape == (n, 4, 4)
+    assert np.array(sim["gram_shot_resamples"]["text"]).shape == (2, n, 4, 4)  # 2 resamples x every snapshot
     st = groups["stability"]
     assert st == sim["stability"] and st["snapshots"]["n"] == 200 and st["shots"]["n"] == 2
     assert all(0 <= v["identical"] <= 1 and -1 <= v["ari_mean"] <= 1 for v in st.values())
@@ -119,3 +124,25 @@ def test_group_options_through_the_cli(world, tiny_arch, tmp_path, method, measu
     assert sorted(t for g in groups["groups"] for t in g) == sorted(USED)
     if method == "bands":  # the source's bands read the uncentred matrix
         assert sim["matrix"] == sim["uncentered"]
+
+
+@pytest.mark.parametrize(("method", "k_rule", "transform"), [("spectral", "eigengap", "rank"),
+                                                           ("agglomerative", "silhouette", "none")])
+def test_pooled_probe_runs_and_tower_mean_through_the_cli(world, tiny_arch, tmp_path, method, k_rule, transform):
+    run = tmp_path / "run"
+    assert main(["group", "--data", str(world), "--out", str(run), *FAST, "--group-steps", "4",
+                 "--group-snapshots", "2", "4", "--group-probe-runs", "2", "--group-tower", "mean",
+                 "--group-method", method, "--group-k-rule", k_rule, "--group-transform", transform,
+                 "--group-stability-resamples", "1", "--group-stability-draws", "5"]) == 0
+    groups = json.loads((run / "groups.json").read_text())
+    sim = json.loads((run / "similarity.json").read_text())
+    assert groups["probe_seeds"] == sim["probe_seeds"] == [0, 1]
+    assert groups["tower"] == "mean" and groups["k_rule"] == k_rule and groups["transform"] == transform
+    # every probe run's snapshots are kept, run after run, with the shot resamples beside them
+    assert sim["gram_seeds"] == [0, 0, 1, 1] and sim["gram_steps"] == [2, 4, 2, 4]
+    assert len(sim["gram"]["text"]) == len(sim["gram"]["vision"]) == 4 and len(sim["gram_shot_resamples"]["text"][0]) == 4
+    assert sorted(t for g in groups["groups"] for t in g) == sorted(USED)
+    assert groups["stability"]["shots"]["n"] == 1
+    if transform == "rank":
+        off = [v for i, row in enumerate(sim["matrix"]) for j, v in enumerate(row) if i != j]
+        assert min(off) == -1.0 and max(off) == 1.0
