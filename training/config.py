@@ -78,9 +78,9 @@ class GroupConfig:
     probe_init_scale: float = opt(1.0, "probe prompt init: N(0,1) x this x the stream RMS")
     snapshots: list = opt([10, 20, 30, 40, 50, 60], "steps at which per-task gradients are taken (step 0 is left out)", nargs="+",
                           type=int)
-    probe_runs: int = opt(1, "probe runs pooled (seeds --seed, --seed + 1, ...: other shots and inits); the matrix "
+    probe_runs: int = opt(3, "probe runs pooled (seeds --seed, --seed + 1, ...: other shots and inits); the matrix "
                              "is the mean over every run's snapshots")
-    tower: str = opt("text", "gradients compared: text | vision | both (concatenated) | mean (each tower's matrix "
+    tower: str = opt("mean", "gradients compared: text | vision | both (concatenated) | mean (each tower's matrix "
                              "normalised on its own, the two averaged)")
     transform: str = opt("none", "none | rank (off-diagonal similarities replaced by their rank, scaled to [-1, 1])")
     center: bool = opt(True, "subtract the mean task gradient before the cosines (the pull all tasks share)")
