@@ -5,7 +5,8 @@ backlog scorer all call it.
 
 Per image of a domain with C labels:
 
-* ``score``: cosine similarity to each label prompt, (C,);
+* ``score``: cosine similarity to each label embedding, (C,): the label prompt's text feature,
+  blended with the label cache when the bundle has one (``multitask.label_embeddings``);
 * ``softmax``: the closed-set softmax of ``logit_scale * score`` over the labels;
 * ``probability``: calibrated one-vs-rest: ``sigmoid(a * z + b)`` per label, where ``z`` is the
   log-probability of the label in a softmax over the labels *and* the domain's negative labels

@@ -32,6 +32,14 @@ def label_embeddings(text: Tensor, cache: Tensor | None, weight: float) -> Tenso
     return (text + weight * cache.to(text.device, text.dtype)) / (1 + weight)
 
 
+def stack_padded(feats: Sequence[Tensor]) -> Tensor:
+    """(T, Cmax, E) from T tensors (C_t, E), zero-padded to the largest C_t."""
+    out = feats[0].new_zeros(len(feats), max(f.shape[0] for f in feats), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        out[i, : f.shape[0]] = f
+    return out
+
+
 def encode_prompted_texts(encoder: PromptedCLIP, tokens: Tensor, text_prompts: Tensor, chunk: int = 256) -> Tensor:
     """(C, E) normalised embeddings of tokenized texts under one task's deep text prompts.
 
@@ -99,13 +107,7 @@ class MultiTaskCLIP(nn.Module):
 
     def all_text_features(self, tasks: Sequence[str] | None = None) -> Tensor:
         """(T, Cmax, E) label embeddings per task, zero-padded to the largest label count."""
-        tasks = list(self.tasks if tasks is None else tasks)
-        feats = [self.text_features(t) for t in tasks]
-        cmax = max(f.shape[0] for f in feats)
-        out = feats[0].new_zeros(len(feats), cmax, feats[0].shape[1])
-        for i, f in enumerate(feats):
-            out[i, : f.shape[0]] = f
-        return out
+        return stack_padded([self.text_features(t) for t in (self.tasks if tasks is None else tasks)])
 
     def forward(self, images: Tensor, task_idx: Tensor, tasks_needed: Sequence[int] | None = None,
                 return_features: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor, list[int]]:

@@ -32,6 +32,7 @@ from promptclip import (
     measure_stream_rms,
 )
 from promptclip.decisions import label_cosines
+from promptclip.multitask import stack_padded
 
 from .config import PromptSizes, SplitConfig, TrainConfig, to_dict
 from .data import ImageCache, TaskData, fingerprint, items_tensors
@@ -153,10 +154,7 @@ class Consistency:
         if not (cfg.consistency_image or cfg.consistency_text or cfg.consistency_kl):
             return None
         n = model.prompts.config.tokens
-        feats = [model.encoder.encode_text(_strip_slots(model.label_tokens(t), n)) for t in model.tasks]
-        text0 = feats[0].new_zeros(len(feats), max(f.shape[0] for f in feats), feats[0].shape[1])
-        for i, f in enumerate(feats):
-            text0[i, : f.shape[0]] = f
+        text0 = stack_padded([model.encoder.encode_text(_strip_slots(model.label_tokens(t), n)) for t in model.tasks])
         return cls(text0, cfg.consistency_image, cfg.consistency_text, cfg.consistency_kl)
 
     def loss(self, model: MultiTaskCLIP, images: Tensor, task_idx: Tensor, logits: Tensor, img: Tensor,
