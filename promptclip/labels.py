@@ -4,6 +4,8 @@ The new version keeps the prompt tensors, the decision rule and the scope bank; 
 list changes. An added label carries no calibration, so `promptclip.decisions` gives it the
 closed-set softmax as its probability and reports it `calibrated: false`. A removed label's
 scope-bank rows go with it and the remaining rows are re-indexed, so `scope.labels` stays valid.
+With a label cache (`labels.cache`), an added label gets a zero row (no shots: its text feature
+alone, see `promptclip.label_embeddings`) and a removed label's row goes.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ def _edited(bundle: Bundle, labels: list[Label], tensors: dict, version: str, ed
     edit = {**edit, "from_version": bundle.version, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     # the held-out rates were measured with the labels of the trained version, not these
     m.metrics = {**m.metrics, "label_edits": [*m.metrics.get("label_edits", []), edit]}
-    if "scope.bank" in tensors:  # stored fp16 (the loader widens it): the unchanged bank keeps its bytes
-        tensors = {**tensors, "scope.bank": tensors["scope.bank"].to(torch.float16).contiguous()}
+    for name in ("scope.bank", "labels.cache"):  # stored fp16 (the loader widens them): unchanged rows keep their bytes
+        if name in tensors:
+            tensors = {**tensors, name: tensors[name].to(torch.float16).contiguous()}
     return Bundle(m, tensors)
 
 
@@ -70,7 +73,11 @@ def with_label(bundle: Bundle, label: Label, version: str) -> Bundle:
     if len(names) >= MAX_LABELS:
         raise LabelEditError("too_many_labels", f"{bundle.domain} has {len(names)} labels; the limit is {MAX_LABELS}")
     labels = [copy.deepcopy(lab) for lab in bundle.manifest.labels] + [label]
-    return _edited(bundle, labels, dict(bundle.tensors), version, {"op": "add", "label": label.name})
+    tensors = dict(bundle.tensors)
+    if "labels.cache" in tensors:
+        cache = tensors["labels.cache"]
+        tensors["labels.cache"] = torch.cat([cache, cache.new_zeros(1, cache.shape[1])])
+    return _edited(bundle, labels, tensors, version, {"op": "add", "label": label.name})
 
 
 def without_label(bundle: Bundle, name: str, version: str) -> Bundle:
@@ -88,6 +95,8 @@ def without_label(bundle: Bundle, name: str, version: str) -> Bundle:
         keep = idx != k
         tensors["scope.bank"] = bundle.tensors["scope.bank"][keep]
         tensors["scope.labels"] = (idx[keep] - (idx[keep] > k).long()).to(bundle.tensors["scope.labels"].dtype)
+    if "labels.cache" in tensors:
+        tensors["labels.cache"] = torch.cat([tensors["labels.cache"][:k], tensors["labels.cache"][k + 1:]])
     labels = [copy.deepcopy(lab) for i, lab in enumerate(bundle.manifest.labels) if i != k]
     return _edited(bundle, labels, tensors, version, {"op": "remove", "label": name})
 

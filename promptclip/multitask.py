@@ -25,11 +25,14 @@ def label_embeddings(text: Tensor, cache: Tensor | None, weight: float) -> Tenso
     The cache holds each label's class mean of prompted image features of the training shots
     (Tip-Adapter's cache, one mean per class). (text + w * cache) / (1 + w) scores an image by
     (cos(image, text) + w * cos(image, class mean)) / (1 + w): a convex blend of two cosines, so
-    the score stays in [-1, 1] and w = 0 is the text alone.
+    the score stays in [-1, 1] and w = 0 is the text alone. A zero row (a label added after
+    training, with no shots) keeps that label's text feature alone.
     """
     if cache is None or not weight:
         return text
-    return (text + weight * cache.to(text.device, text.dtype)) / (1 + weight)
+    cache = cache.to(text.device, text.dtype)
+    cache = torch.where((cache == 0).all(-1, keepdim=True), text, cache)
+    return (text + weight * cache) / (1 + weight)
 
 
 def stack_padded(feats: Sequence[Tensor]) -> Tensor:

@@ -79,6 +79,26 @@ def test_removing_a_label_remaps_the_scope_bank(store):
     assert load_bundle(path).manifest.metrics["label_edits"][-1]["op"] == "remove"
 
 
+def test_label_edits_keep_the_label_cache_row_per_label(store, tiny_model):
+    from promptclip import PromptedCLIP, bundle_bank
+    from promptclip.labels import with_label
+
+    bundle = store.load_current("sketch")  # labels: nudity, house, tree, car
+    bundle.tensors["labels.cache"] = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1).half()
+    bundle.manifest.prompt["cache_weight"] = 1.0
+    removed = without_label(bundle, "house", "v0009")
+    assert torch.equal(removed.tensors["labels.cache"], bundle.tensors["labels.cache"][[0, 2, 3]])
+    added = load_bundle(store.publish(with_label(bundle, Label(**STAR), "v0010")))
+    assert added.tensors["labels.cache"].shape == (5, 32) and not added.tensors["labels.cache"][4].any()
+    # the added label has no shots: its embedding is its text feature alone; the others are blended
+    enc, tok = PromptedCLIP(tiny_model.clip.model), tiny_model.clip.tokenizer
+    blended, _ = bundle_bank(added, enc, tok, "cpu")
+    added.manifest.prompt["cache_weight"] = 0.0
+    text, _ = bundle_bank(added, enc, tok, "cpu")
+    torch.testing.assert_close(blended.labels[4], text.labels[4])
+    torch.testing.assert_close(blended.labels[:4], (text.labels[:4] + added.tensors["labels.cache"][:4]) / 2)
+
+
 def test_label_edits_refuse_what_they_cannot_do(store):
     with pytest.raises(LabelEditError, match="already has"):
         publish_label_edit(store, "photo", add=Label("weapon", "a photo."))
