@@ -9,8 +9,10 @@ device the decoded images live, so no per-image work stays on the CPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,30 @@ def _exif_rotated(data: bytes) -> bool:
         return False
 
 
+_thread_streams = threading.local()
+
+
+@contextlib.contextmanager
+def _nvjpeg_stream(device: torch.device) -> Iterator[torch.cuda.Stream]:
+    """Make this thread's own stream on `device` current, with nothing queued on it.
+
+    torchvision's `decode_jpeg(device="cuda")` writes from a stream of its own into memory the
+    caching allocator hands out for the *current* stream, without waiting for that stream. A
+    block freed while kernels queued there still used it (a forward pass's temporaries, the last
+    image's resize) could be overwritten before they ran: seen on an H200 (`python -m bench gpu`)
+    as NaN scores under load. On a private stream drained before every decode no queued kernel
+    can still be using a free block. High priority: these kernels are small and someone waits
+    for each; it also keeps them off the default-priority pool streams that graph capture uses.
+    """
+    streams = _thread_streams.__dict__.setdefault("by_device", {})
+    stream = streams.get(device)
+    if stream is None:
+        stream = streams[device] = torch.cuda.Stream(device, priority=-1)
+    stream.synchronize()
+    with torch.cuda.stream(stream):
+        yield stream
+
+
 def decode_jpeg_batch_gpu(data: Sequence[bytes], device: torch.device | str = "cuda",
                           check_exif: bool = True) -> list[Tensor]:
     """Decode images to (3, H, W) uint8 RGB tensors on `device`.
@@ -64,13 +90,19 @@ def decode_jpeg_batch_gpu(data: Sequence[bytes], device: torch.device | str = "c
             from torchvision.io import ImageReadMode, decode_jpeg
 
             raw = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpeg]
-            try:
-                for i, t in zip(jpeg, decode_jpeg(raw, mode=ImageReadMode.RGB, device=device), strict=True):
-                    out[i] = t
-            except RuntimeError:  # one bad image fails the whole batch: retry one by one
-                for i, r in zip(jpeg, raw, strict=True):
-                    with contextlib.suppress(RuntimeError):  # PIL below gets another try
-                        out[i] = decode_jpeg(r, mode=ImageReadMode.RGB, device=device)
+            caller = torch.cuda.current_stream(device)
+            with _nvjpeg_stream(device) as stream:  # see _nvjpeg_stream: nvjpeg and the allocator
+                try:
+                    for i, t in zip(jpeg, decode_jpeg(raw, mode=ImageReadMode.RGB, device=device), strict=True):
+                        out[i] = t
+                except RuntimeError:  # one bad image fails the whole batch: retry one by one
+                    for i, r in zip(jpeg, raw, strict=True):
+                        with contextlib.suppress(RuntimeError):  # PIL below gets another try
+                            out[i] = decode_jpeg(r, mode=ImageReadMode.RGB, device=device)
+            caller.wait_stream(stream)
+            for t in out:
+                if t is not None:
+                    t.record_stream(caller)  # not handed out again while the caller's kernels still read it
     for i, d in enumerate(data):
         if out[i] is None:
             try:
@@ -78,6 +110,18 @@ def decode_jpeg_batch_gpu(data: Sequence[bytes], device: torch.device | str = "c
             except Exception as e:
                 raise ValueError(f"image {i} could not be decoded: {type(e).__name__}: {e}") from None
     return out  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=16)
+def _scaled_mean_std(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """(3, 1, 1) mean * 255 and std * 255 on `device`, made once per device.
+
+    Made per image, `torch.tensor(..., device="cuda")` is a blocking host-to-device copy: the
+    decode thread waited for everything queued before it on the stream, a whole forward pass
+    of the model thread included.
+    """
+    return (torch.tensor(mean, device=device, dtype=torch.float32).view(3, 1, 1) * 255.0,
+            torch.tensor(std, device=device, dtype=torch.float32).view(3, 1, 1) * 255.0)
 
 
 def preprocess_batch(images: Sequence[Tensor], image_size: int, mean: Sequence[float] = OPENAI_DATASET_MEAN,
@@ -98,8 +142,7 @@ def preprocess_batch(images: Sequence[Tensor], image_size: int, mean: Sequence[f
         raise ValueError("preprocess_batch needs at least one image")
     dev = images[0].device
     out = torch.empty(len(images), 3, image_size, image_size, device=dev, dtype=dtype)
-    m = torch.tensor(mean, device=dev, dtype=torch.float32).view(3, 1, 1) * 255.0
-    s = torch.tensor(std, device=dev, dtype=torch.float32).view(3, 1, 1) * 255.0
+    m, s = _scaled_mean_std(dev, tuple(map(float, mean)), tuple(map(float, std)))
     for i, img in enumerate(images):  # sizes differ per image; the resize is the only per-image op
         _, h, w = img.shape
         # torchvision's Resize(int): the short side becomes S, the long side int(S * long / short)
@@ -143,8 +186,12 @@ class DeviceJpegPreprocessor:
                    **limits)
 
     def accepts(self, data: bytes) -> bool:
-        """A baseline/progressive RGB or greyscale JPEG within limits, upright."""
-        if data[:3] != b"\xff\xd8\xff":
+        """A baseline/progressive RGB or greyscale JPEG within limits, upright, ending in its EOI marker.
+
+        nvjpeg decodes a truncated JPEG without an error (grey below the cut; seen on an H200), so
+        a file that does not end in EOI (FF D9) goes to PIL, which refuses truncated data (400).
+        """
+        if data[:3] != b"\xff\xd8\xff" or data[-2:] != b"\xff\xd9":
             return False
         from PIL import Image
 
@@ -157,17 +204,31 @@ class DeviceJpegPreprocessor:
             return False
 
     def __call__(self, data: bytes) -> Tensor | None:
-        """(3, S, S) float32 on `device`, or None: use the PIL path."""
+        """(3, S, S) float32 on `device`, or None: use the PIL path.
+
+        On CUDA the work runs on this thread's own stream (see `_nvjpeg_stream`) and is finished
+        on return, so any stream may read the result; a consumer on another stream that can free
+        it with kernels still queued should `record_stream` it (the service's engine does).
+        """
         if not self.accepts(data):
             return None
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        try:
-            img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                              device=self.device)
-        except RuntimeError:  # truncated / corrupt: the PIL path raises the 400
-            return None
-        return preprocess_batch([img], self.image_size, self.mean, self.std)[0]
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if self.device.type != "cuda":
+            try:
+                img = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:  # corrupt: the PIL path raises the 400
+                return None
+            return preprocess_batch([img], self.image_size, self.mean, self.std)[0]
+        with _nvjpeg_stream(self.device) as stream:
+            try:
+                img = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:  # corrupt: the PIL path raises the 400
+                return None
+            out = preprocess_batch([img], self.image_size, self.mean, self.std)[0]
+            stream.synchronize()  # this image's kernels only: never the model's forward on another stream
+        return out
 
 
 def device_jpeg_preprocessor(model: torch.nn.Module, device: torch.device | str,

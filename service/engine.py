@@ -187,6 +187,10 @@ class BatchingEngine:
         if self.device.type != "cuda":
             return torch.stack(pixels)
         if any(p.device.type == "cuda" for p in pixels):  # JPEGs decoded on the GPU (ImageDecoder.device_jpeg)
+            stream = torch.cuda.current_stream(self.device)
+            for p in pixels:
+                if p.device.type == "cuda":  # made on a decode thread's stream: keep its memory until this
+                    p.record_stream(stream)  # stream's stack below has run (promptclip.device_decode)
             return torch.stack([p.to(self.device, non_blocking=True) for p in pixels])
         shape = (self.max_batch, *pixels[0].shape)
         if self._staging is None or self._staging.shape != shape:

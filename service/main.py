@@ -82,7 +82,7 @@ async def _startup(st: ServiceState) -> None:
         log.warning("no bundle loaded from %s (refused: %s); /readyz stays 503 until a reload loads one",
                     s.store_dir.resolve(), report.refused)
     device_jpeg = None
-    if spec.device.startswith("cuda"):  # nvjpeg decode + preprocess on the GPU; PIL stays the fallback
+    if s.device_jpeg and spec.device.startswith("cuda"):  # nvjpeg + preprocess on the GPU; PIL stays the fallback
         from promptclip import device_jpeg_preprocessor
 
         device_jpeg = device_jpeg_preprocessor(st.clip.model, spec.device, max_pixels=s.max_image_pixels,

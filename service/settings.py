@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(512, ge=1, description="queued images beyond this get 503 + Retry-After")
     request_timeout_s: float = Field(30.0, gt=0, description="per request, queueing included; then 504")
     cuda_graphs: bool = Field(True, description="on CUDA, replay CUDA graphs per batch bucket (promptclip.graphs)")
+    device_jpeg: bool = Field(True, description="on CUDA, decode plain JPEGs with nvjpeg and preprocess them on "
+                                                "the GPU (promptclip.device_decode); off: PIL for every image")
     body_timeout_s: float = Field(30.0, gt=0, description="upload must arrive within this; then 408")
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 503 queue full")
     # --- input safety
