@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 
 NEG_INF = float("-inf")
+TINY = 1e-30  # floor of a closed-set probability before its log (float32 softmax underflows to 0)
+PROBABILITY_BASES = ("neglabel", "closed_set")  # what Platt scaling reads: see `platt_inputs`
 
 
 # ------------------------------------------------------------------------------------------ banks
@@ -194,7 +196,7 @@ class LabelRule:
     name: str
     unsafe: bool
     threshold: float  # flag at or above this probability
-    platt: tuple[float, float] | None  # (a, b): probability = sigmoid(a * label_logp + b); None: uncalibrated
+    platt: tuple[float, float] | None  # (a, b): probability = sigmoid(a * z + b) (`platt_inputs`); None: uncalibrated
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,7 @@ class DecisionRule:
     scope_cut: float = NEG_INF  # out of scope below this scope_score
     mass_cut: float = 0.0  # out of scope below this label_mass
     legacy: bool = False  # a bundle from before calibration: closed-set softmax, margin review, all in scope
+    basis: str = "neglabel"  # Platt's input z: log-probability among labels + negatives, or among labels only
 
     @classmethod
     def from_manifest(cls, labels: Sequence[Any], decision: dict[str, Any] | None) -> DecisionRule:
@@ -215,7 +218,8 @@ class DecisionRule:
             return cls(rules, legacy=True)
         scope = decision.get("scope", {})
         return cls(rules, review_threshold=float(decision["review_threshold"]),
-                   scope_cut=float(NEG_INF if scope.get("cut") is None else scope["cut"]), mass_cut=float(scope.get("mass_cut", 0.0)))
+                   scope_cut=float(NEG_INF if scope.get("cut") is None else scope["cut"]),
+                   mass_cut=float(scope.get("mass_cut", 0.0)), basis=decision.get("probability_basis", "neglabel"))
 
 
 def _platt(label: Any) -> tuple[float, float] | None:
@@ -227,10 +231,22 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
+def platt_inputs(label_logp: Tensor, softmax: Tensor, basis: str) -> Tensor:
+    """Platt's input z per label. `neglabel`: the log-probability among the labels and the negative
+    labels (an image no label describes leaves its mass on the negatives); `closed_set`: the
+    log-probability among the labels alone (export picks it where the negatives swallow the
+    unsafe images' mass, e.g. styles the frozen CLIP reads poorly)."""
+    if basis not in PROBABILITY_BASES:
+        raise ValueError(f"unknown probability basis {basis!r}; known: {PROBABILITY_BASES}")
+    return label_logp if basis == "neglabel" else softmax.clamp_min(TINY).log()
+
+
 def probabilities(row: dict[str, Any], rule: DecisionRule) -> list[float]:
     """Per-label probability: calibrated where the label has Platt parameters, else the closed-set softmax."""
+    zs = platt_inputs(torch.tensor(row["label_logp"], dtype=torch.float64),
+                      torch.tensor(row["softmax"], dtype=torch.float64), rule.basis).tolist()
     out = []
-    for lab, z, p in zip(rule.labels, row["label_logp"], row["softmax"], strict=True):
+    for lab, z, p in zip(rule.labels, zs, row["softmax"], strict=True):
         out.append(_sigmoid(lab.platt[0] * z + lab.platt[1]) if lab.platt and not rule.legacy else p)
     return out
 

@@ -55,7 +55,7 @@ class DomainEntry:
     sha256: str
     created_at: str
     loaded_at: str
-    prompt: dict[str, int]
+    prompt: dict[str, int | float]  # depth, group / private tokens, optional cache_weight
     shape: ShapeKey
     vision: Tensor  # (depth_v, n, Wv) on device, model dtype
     bank: DomainBank  # label / negative embeddings and scope features, float32 on device

@@ -192,7 +192,8 @@ class DomainInfo(BaseModel):
     sha256: str
     created_at: str
     loaded_at: str
-    prompt: dict[str, int]
+    prompt: dict[str, int | float] = Field(description="depth, group_tokens, private_tokens; cache_weight when the bundle "
+                                                 "has a label cache")
 
 
 class RouterInfo(BaseModel):

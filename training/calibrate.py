@@ -1,7 +1,9 @@
 """Fit a domain's decision rule on held-out calibration images (DESIGN §11); never on test.
 
 * Per-label probabilities: Platt scaling one-vs-rest of the label's log-probability among the
-  labels and the negative labels, with Platt's prior-corrected targets (robust at 16 positives).
+  labels and the negative labels (`neglabel`), or among the labels alone (`closed_set`), with
+  Platt's prior-corrected targets (robust at 16 positives). Both are fitted; the domain keeps the
+  one that flags more unsafe calibration images at the same false-flag bound.
 * In scope: conformal cuts on in-domain images only. The scope score of each calibration image
   comes from a model fitted without its fold (cross-fitting), so the cut keeps at least
   `scope_keep` of fresh in-domain images in expectation.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from promptclip.decisions import NEG_INF, BatchScores, ScopeModel
+from promptclip.decisions import NEG_INF, PROBABILITY_BASES, BatchScores, ScopeModel, platt_inputs
 
 from .config import DecisionConfig
 
@@ -139,10 +141,42 @@ def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg:
     """Fit one domain's rule on its calibration images.
 
     scores: the images scored against the domain (one row each); scope: (N,) cross-fitted scope
-    scores; y: (N,) label index; unsafe: (C,) bool per label.
+    scores; y: (N,) label index; unsafe: (C,) bool per label. Both probability bases are fitted
+    (`promptclip.decisions.platt_inputs`); the one flagging more unsafe calibration images at its
+    own false-flag threshold is kept (ties: neglabel).
     """
+    signals = set(cfg.scope_signals)
+    alpha = (1 - cfg.scope_keep) / max(1, len(signals))
+    cut = conformal_lower_cut(scope, alpha) if "mahalanobis" in signals else NEG_INF
+    mass_cut = conformal_lower_cut(scores.label_mass, alpha) if "neglabel" in signals else 0.0
+    in_scope = (scope >= cut) & (scores.label_mass >= mass_cut)
+    fits = {basis: _fit_basis(scores, basis, in_scope, y, unsafe, cfg) for basis in PROBABILITY_BASES}
+    basis = max(PROBABILITY_BASES, key=lambda k: (fits[k]["recall"], k == "neglabel"))
+    fit = fits[basis]
+    is_unsafe = unsafe[y]
+    decision = {
+        "rule": "flag: in scope and an unsafe label's calibrated probability >= its threshold; review: not "
+                "flagged, in scope and the largest unsafe probability >= review_threshold",
+        "targets": {"max_false_flag": cfg.max_false_flag, "false_flag_confidence": cfg.false_flag_confidence,
+                    "review_target": cfg.review_target,
+                    "review_budget": cfg.review_budget, "scope_keep": cfg.scope_keep},
+        "review_threshold": round(fit["review"], 6),
+        "probability_basis": basis,
+        "calibration_recall": {k: round(f["recall"], 6) for k, f in fits.items()},
+        "scope": {"signals": sorted(signals), "cut": round(cut, 6) if cut > NEG_INF else None,
+                  "mass_cut": round(mass_cut, 6), "bank_size": None},
+        "calibration_split": {"images": len(y), "benign": int((~is_unsafe).sum()), "unsafe": int(is_unsafe.sum()),
+                              "benign_flags_allowed": max(0, fit["allowed"])},
+        "targets_met": {"max_false_flag": fit["allowed"] >= 0, "review_target": fit["review_met"]},
+    }
+    return FittedRule(fit["cal"], round(fit["threshold"], 6), decision)
+
+
+def _fit_basis(scores: BatchScores, basis: str, in_scope: Tensor, y: Tensor, unsafe: Tensor,
+               cfg: DecisionConfig) -> dict:
+    """Platt per label on `basis`, the shared flag threshold, the review threshold and the recall they give."""
     c = len(unsafe)
-    z = scores.label_logp[:, :c]
+    z = platt_inputs(scores.label_logp[:, :c], scores.softmax[:, :c], basis)
     cal = []
     for li in range(c):
         a, b = fit_platt(z[:, li], y == li)
@@ -151,31 +185,13 @@ def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg:
     a = torch.tensor([d["a"] for d in cal], dtype=torch.float64)
     b = torch.tensor([d["b"] for d in cal], dtype=torch.float64)
     probs = torch.sigmoid(a * z.double() + b)  # (N, C), as promptclip.decisions computes them
-    signals = set(cfg.scope_signals)
-    alpha = (1 - cfg.scope_keep) / max(1, len(signals))
-    cut = conformal_lower_cut(scope, alpha) if "mahalanobis" in signals else NEG_INF
-    mass_cut = conformal_lower_cut(scores.label_mass, alpha) if "neglabel" in signals else 0.0
-    in_scope = (scope >= cut) & (scores.label_mass >= mass_cut)
     u = _unsafe_max(probs, unsafe).masked_fill(~in_scope, NEG_INF)
     is_unsafe = unsafe[y]
-    benign = u[~is_unsafe]
-    allowed = allowed_false_flags(len(benign), cfg.max_false_flag, cfg.false_flag_confidence)
-    t = upper_cut(benign, allowed)
+    allowed = allowed_false_flags(int((~is_unsafe).sum()), cfg.max_false_flag, cfg.false_flag_confidence)
+    t = upper_cut(u[~is_unsafe], allowed)
     r, review_met = _review_cut(u, is_unsafe, t, cfg)
-    decision = {
-        "rule": "flag: in scope and an unsafe label's calibrated probability >= its threshold; review: not "
-                "flagged, in scope and the largest unsafe probability >= review_threshold",
-        "targets": {"max_false_flag": cfg.max_false_flag, "false_flag_confidence": cfg.false_flag_confidence,
-                    "review_target": cfg.review_target,
-                    "review_budget": cfg.review_budget, "scope_keep": cfg.scope_keep},
-        "review_threshold": round(r, 6),
-        "scope": {"signals": sorted(signals), "cut": round(cut, 6) if cut > NEG_INF else None,
-                  "mass_cut": round(mass_cut, 6), "bank_size": None},
-        "calibration_split": {"images": len(y), "benign": int((~is_unsafe).sum()), "unsafe": int(is_unsafe.sum()),
-                              "benign_flags_allowed": max(0, allowed)},
-        "targets_met": {"max_false_flag": allowed >= 0, "review_target": review_met},
-    }
-    return FittedRule(cal, round(t, 6), decision)
+    recall = float((u[is_unsafe] >= t).double().mean()) if bool(is_unsafe.any()) else 0.0
+    return {"cal": cal, "threshold": t, "review": r, "review_met": review_met, "allowed": allowed, "recall": recall}
 
 
 def _review_cut(u: Tensor, is_unsafe: Tensor, t: float, cfg: DecisionConfig) -> tuple[float, bool]:
