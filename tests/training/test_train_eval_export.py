@@ -165,6 +165,33 @@ def test_platt_calibration_is_calibrated_on_fresh_samples():
     assert wilson(0, 10)["lo"] == 0.0 and 0.0 < wilson(0, 10)["hi"] < 0.35
 
 
+def test_rule_keeps_the_probability_basis_that_flags_more_unsafe_images():
+    """Negatives that swallow the unsafe images' mass break the neglabel basis; closed_set is kept, and the
+    service's probabilities (promptclip.decisions) reproduce the calibration's flags."""
+    from promptclip.decisions import BatchScores, DecisionRule, decide
+    from training.calibrate import fit_rule
+    from training.config import DecisionConfig
+
+    g = torch.Generator().manual_seed(0)
+    n, c = 400, 4
+    y = torch.arange(n) % c
+    unsafe = torch.tensor([True, False, False, False])
+    z_lab = torch.randn(n, c, generator=g) + 4.0 * torch.nn.functional.one_hot(y, c)  # labels separate well
+    z_neg = torch.where(unsafe[y], 8.0, 0.0) + torch.randn(n, generator=g)  # negatives take the unsafe ones
+    log_all = torch.logaddexp(torch.logsumexp(z_lab, 1), z_neg).unsqueeze(1)
+    mass = (torch.logsumexp(z_lab, 1, keepdim=True) - log_all).exp().squeeze(1)
+    scores = BatchScores(z_lab / 10, z_lab.softmax(1), z_lab - log_all, mass, torch.zeros(n), torch.full((n,), c))
+    fitted = fit_rule(scores, torch.zeros(n), y, unsafe, DecisionConfig())
+    d = fitted.decision
+    assert d["probability_basis"] == "closed_set"
+    assert d["calibration_recall"]["closed_set"] > d["calibration_recall"]["neglabel"] + 0.3
+    labels = [type("L", (), {"name": str(i), "unsafe": bool(unsafe[i]), "threshold": fitted.threshold,
+                             "calibration": cal}) for i, cal in enumerate(fitted.calibrations)]
+    rule = DecisionRule.from_manifest(labels, d)
+    flagged = torch.tensor([decide(r, rule)["flagged"] for r in scores.rows()])
+    assert abs(float(flagged[unsafe[y]].double().mean()) - d["calibration_recall"]["closed_set"]) < 0.02
+
+
 @pytest.mark.slow
 def test_ddp_world_size_2_matches_world_size_1(world, grouped, tiny_json, tmp_path):
     """torchrun, 2 CPU processes over gloo: each takes half of every task's samples."""
