@@ -167,11 +167,12 @@ def _paired_lines(report: dict) -> list[str]:
 def _stability_lines(report: dict) -> list[str]:
     st = report.get("grouping_stability")
     if not st:
-        return ["", "Grouping variance is not in the intervals: the groups come from one probe run."]
+        return ["", "Grouping variance is not in the intervals: the groups come from one grouping, not redrawn per "
+                "training seed."]
     parts = [f"{k.replace('_', ' ')}: identical {100 * v['identical']:.0f}% of {v['n']}, mean adjusted Rand "
              f"{v['ari_mean']:.2f}" for k, v in st.items() if v.get("n")]
-    return ["", "Grouping variance is not in the intervals: the groups come from one probe run. Their stability "
-            "when regrouped from resampled evidence: " + "; ".join(parts) + "."]
+    return ["", "Grouping variance is not in the intervals: the groups come from one grouping, not redrawn per "
+            "training seed. Their stability when regrouped from resampled evidence: " + "; ".join(parts) + "."]
 
 
 def report_markdown(report: dict) -> str:
