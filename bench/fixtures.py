@@ -11,6 +11,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 
 from promptclip import (
+    ImageRunner,
     Label,
     PromptConfig,
     PromptStore,
@@ -76,6 +77,19 @@ def publish_router(clip, store_dir: Path, domains: list[str], pixels: list[torch
     labels = torch.arange(len(pixels)) % len(domains)
     router = make_router(fit_router(feats, labels, domains), domains, clip.info, version="v0001")
     PromptStore(store_dir).publish_router(router, base=clip.info)
+
+
+def bare_and_prompted(clip, enc, store_dir: Path, domains: list[str], pixels: list[torch.Tensor], batch: int,
+                      device) -> dict:
+    """The two encoder calls the HTTP benches divide by: bare `encode_image` and the prompted tower
+    (CUDA-graph runner, the store's bundles, domains mixed in one batch of `batch` images)."""
+    runner = ImageRunner(enc, buckets=(batch,))
+    bank = torch.stack([PromptStore(store_dir).load_current(d, clip.info).vision_prompts() for d in domains])
+    bank = bank.to(device, enc.dtype)
+    images = torch.stack([pixels[i % len(pixels)] for i in range(batch)]).to(device, enc.dtype)  # fp16 weights
+    idx = (torch.arange(batch) % len(domains)).to(device)
+    return {"bare": lambda: clip.model.encode_image(images, normalize=True),
+            "prompted": lambda: runner(images, bank[idx])}
 
 
 def make_jpegs(n: int, width: int, height: int, seed: int = 0) -> list[bytes]:

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.fixtures import DOMAINS, make_jpegs, publish_bundles, save_random_clip
+from bench.fixtures import DOMAINS, bare_and_prompted, make_jpegs, publish_bundles, save_random_clip
 from bench.loadgen import run_load
 from bench.service import free_port, print_py_spy_summary, stop_server, wait_ready
 from bench.timing import interleaved, machine, table
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
 
     try:
         # ------------------------------------------------------------------ 1. model, bundles, JPEGs
-        from promptclip import ImageRunner, ModelSpec, PromptedCLIP, PromptStore, load_clip
+        from promptclip import ModelSpec, PromptedCLIP, load_clip
 
         say(f"[setup] random {args.model} on {name} ({precision}), {len(domains)} bundles -> {tmp}")
         ckpt = save_random_clip(args.model, tmp / "model.safetensors")
@@ -379,14 +379,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
 
         # ------------------------------------------------------------------ 4. HTTP phases
         enc_model = PromptedCLIP(clip.model)
-        runner = ImageRunner(enc_model, buckets=(max_batch,))
-        bank = torch.stack([PromptStore(tmp / "store").load_current(d, clip.info).vision_prompts() for d in domains])
-        bank = bank.to(device, enc_model.dtype)
         pixels = [clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
-        images = torch.stack([pixels[i % len(pixels)] for i in range(max_batch)]).to(device, enc_model.dtype)
-        idx = (torch.arange(max_batch) % len(domains)).to(device)
-        fns = {"bare": lambda: clip.model.encode_image(images, normalize=True),
-               "prompted": lambda: runner(images, bank[idx])}
+        fns = bare_and_prompted(clip, enc_model, tmp / "store", domains, pixels, max_batch, device)
         enc_times: dict[str, list[float]] = {"bare": [], "prompted": []}
 
         def encoder_rep(first: bool = False) -> None:

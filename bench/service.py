@@ -41,13 +41,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from bench.fixtures import DOMAINS, make_jpegs, publish_bundles, publish_router, save_random_clip
+from bench.fixtures import (
+    DOMAINS,
+    bare_and_prompted,
+    make_jpegs,
+    publish_bundles,
+    publish_router,
+    save_random_clip,
+)
 from bench.timing import emit, interleaved, machine, median_ratio, table
 from promptclip import (
-    ImageRunner,
     ModelSpec,
     PromptedCLIP,
-    PromptStore,
     load_clip,
 )
 
@@ -275,14 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # the in-process reference: same weights, same prompts, same images, server's batch size
         enc = PromptedCLIP(clip.model)
-        runner = ImageRunner(enc, buckets=(max_batch,))
-        bank = torch.stack([PromptStore(tmp / "store").load_current(d, clip.info).vision_prompts() for d in domains])
-        bank = bank.to(device, enc.dtype)
-        reps = [pixels[i % len(pixels)] for i in range(max_batch)]
-        images = torch.stack(reps).to(device, enc.dtype)  # open_clip casts nothing: match fp16 weights
-        idx = (torch.arange(max_batch) % len(domains)).to(device)
-        fns = {"bare": lambda: clip.model.encode_image(images, normalize=True),
-               "prompted": lambda: runner(images, bank[idx])}
+        fns = bare_and_prompted(clip, enc, tmp / "store", domains, pixels, max_batch, device)
         enc_times: dict[str, list[float]] = {"bare": [], "prompted": []}
 
         def encoder_rep(first: bool = False) -> None:
