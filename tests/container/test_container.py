@@ -186,7 +186,7 @@ def test_cpu_compose_comes_up_healthy(image, base_image):
     env = {**pm.env(), "PUBLISH_PORT": str(port)}
     t0 = time.monotonic()
     try:
-        up = pm.subprocess.run([*cmd, "up", "--detach", "--build-arg", f"BASE_IMAGE={base_image}"], cwd=pm.REPO,
+        up = pm.subprocess.run([*cmd, "up", "--detach", "--build", "--build-arg", f"BASE_IMAGE={base_image}"], cwd=pm.REPO,
                                env=env, capture_output=True, text=True, timeout=900)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         c = pm.Container(f"{project}_moderation_1", port)
