@@ -151,7 +151,7 @@ def label_cosines(feats: Tensor, labels: Tensor, counts: Tensor) -> Tensor:
 
     Args:
         feats: (B, E) normalised image features.
-        labels: (B, Cmax, E) normalised label embeddings of each sample's domain.
+        labels: (B, Cmax, E) label embeddings of each sample's domain (`multitask.label_embeddings`).
         counts: (B,) labels per sample's domain.
     """
     cos = torch.einsum("be,bce->bc", feats.to(labels.dtype), labels)

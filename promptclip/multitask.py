@@ -91,7 +91,8 @@ class MultiTaskCLIP(nn.Module):
         return getattr(self, f"tokens_{task}")
 
     def text_features(self, task: str) -> Tensor:
-        """(C, E) normalised label embeddings for `task`.
+        """(C, E) label embeddings for `task`: normalised text features, blended with the task's label
+        cache at inference (`label_embeddings`; then no longer unit norm).
 
         Cached until that task's prompts change; recomputed (with grad, without the label cache)
         while training.
