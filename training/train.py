@@ -183,6 +183,24 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _draw_batch(shots: FewShot, per_task: list[Tensor], cfg: TrainConfig, gen: torch.Generator,
+                dist: Dist) -> tuple[Tensor, Tensor, Tensor]:
+    """Images, task indices and labels of this rank's part of one step's batch.
+
+    Every rank draws the same full batch (`batch_per_task` per task, augmented), then keeps its
+    equal slice of each task, so the DDP-averaged gradient equals the full-batch one.
+    """
+    picks = [idx[torch.randint(0, len(idx), (cfg.batch_per_task,), generator=gen)] for idx in per_task]
+    full = torch.cat(picks)
+    x = shots.images[full]
+    if cfg.augment:
+        x = _augment(x, gen)
+    part = cfg.batch_per_task // dist.world
+    mine = torch.cat([torch.arange(t * cfg.batch_per_task + dist.rank * part,
+                                   t * cfg.batch_per_task + (dist.rank + 1) * part) for t in range(len(picks))])
+    return x[mine], shots.tasks[full][mine], shots.labels[full][mine]
+
+
 def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms: StreamRMS | None = None,
                  out_dir: Path | None = None, resume: bool = False, dist: Dist | None = None, stop_after: int = 0,
                  hook: Callable[[int, MultiTaskCLIP], None] | None = None, desc: str = "train",
@@ -217,23 +235,14 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms:
         start = state["step"]
         log.info("resumed %s at step %d", out_dir, start)
     per_task = [shots.by_task(t) for t in range(len(model.tasks))]
-    part = cfg.batch_per_task // dist.world
     epoch_len = math.ceil(cfg.steps / max(1, cfg.epochs))
     net.train()
     bar = tqdm(range(start, cfg.steps), desc=desc, unit="step", disable=not dist.is_main, leave=False)
     for step in bar:
-        # every rank draws the same full batch, then keeps its slice of each task
-        picks = [idx[torch.randint(0, len(idx), (cfg.batch_per_task,), generator=gen)] for idx in per_task]
-        full = torch.cat(picks)
-        x = shots.images[full]
-        if cfg.augment:
-            x = _augment(x, gen)
-        mine = torch.cat([torch.arange(t * cfg.batch_per_task + dist.rank * part,
-                                       t * cfg.batch_per_task + (dist.rank + 1) * part) for t in range(len(picks))])
-        xb, tb = x[mine].to(device), shots.tasks[full][mine].to(device)
+        xb, tb, yb = (t.to(device) for t in _draw_batch(shots, per_task, cfg, gen, dist))
         out = net(xb, tb, return_features=consistency is not None)
         logits = out[0] if consistency is not None else out
-        loss = F.cross_entropy(logits, shots.labels[full][mine].to(device))
+        loss = F.cross_entropy(logits, yb)
         if consistency is not None:
             loss = loss + consistency.loss(model, xb, tb, *out)
         opt.zero_grad(set_to_none=True)
