@@ -38,6 +38,18 @@ def world_lines(data: Path, run: Path) -> tuple[list[str], dict[str, float], lis
     return lines, means, [same, drop >= -3, within]
 
 
+def pooled_interval(pairs: list[str], variant: str) -> str:
+    """Approximate 95% interval of the mean over worlds of group_private minus `variant`: the worlds
+    are independent, so the per-world bootstrap intervals combine as normal errors (se = width / 3.92)."""
+    paired = [json.loads((Path(pair.split(":")[1]) / "report.json").read_text()).get("paired", {}).get(variant)
+              for pair in pairs]
+    if variant == OURS or not all(paired):
+        return ""
+    diff = -statistics.mean(100 * p["diff"] for p in paired)
+    se = sum((100 * (p["hi"] - p["lo"]) / 3.92) ** 2 for p in paired) ** 0.5 / len(paired)
+    return f" [{diff - 1.96 * se:+.1f}, {diff + 1.96 * se:+.1f}]"
+
+
 def main(pairs: list[str]) -> int:
     out, all_means, ok = [], [], []
     for pair in pairs:
@@ -48,8 +60,9 @@ def main(pairs: list[str]) -> int:
         ok += checks
     variants = list(all_means[0])
     avg = {v: statistics.mean(m[v] for m in all_means) for v in variants}
-    out += [f"### Mean over {len(all_means)} worlds", "", "| variant | mean | group_private minus it |", "|---|---|---|"]
-    out += [f"| {v} | {avg[v]:.1f} | {avg[OURS] - avg[v]:+.1f} |" for v in variants]
+    out += [f"### Mean over {len(all_means)} worlds", "",
+            "| variant | mean | group_private minus it [approx. 95% CI] |", "|---|---|---|"]
+    out += [f"| {v} | {avg[v]:.1f} | {avg[OURS] - avg[v]:+.1f}{pooled_interval(pairs, v)} |" for v in variants]
     above = all(avg[OURS] >= avg[v] + 1 for v in variants if v not in (OURS, "zero_shot"))
     lift = avg[OURS] >= avg["zero_shot"] + 5
     out += ["", f"group_private >= every other variant + 1 on the mean: {'PASS' if above else 'FAIL'}; "
