@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -39,7 +40,12 @@ from torch import Tensor
 
 NEG_INF = float("-inf")
 TINY = 1e-30  # floor of a closed-set probability before its log (float32 softmax underflows to 0)
-PROBABILITY_BASES = ("neglabel", "closed_set")  # what Platt scaling reads: see `platt_inputs`
+# Platt's input z per probability basis: the BatchScores field (and row key) it reads. `neglabel`:
+# log-probability among the labels and the negative labels (an image no label describes leaves
+# its mass on the negatives); `closed_set`: among the labels alone (export picks it where the
+# negatives swallow the unsafe images' mass, e.g. styles the frozen CLIP reads poorly).
+PLATT_INPUTS = {"neglabel": "label_logp", "closed_set": "closed_logp"}
+PROBABILITY_BASES = tuple(PLATT_INPUTS)
 
 
 # ------------------------------------------------------------------------------------------ banks
@@ -129,12 +135,23 @@ class BatchScores:
     scope: Tensor  # (B,) scope score under the domain's ScopeModel (+inf without a scope bank)
     counts: Tensor  # (B,) label count per row
 
+    @cached_property
+    def closed_logp(self) -> Tensor:
+        """(B, Cmax) log of the closed-set softmax, floored at TINY (computed once per batch)."""
+        return self.softmax.clamp_min(TINY).log()
+
+    def platt_input(self, basis: str) -> Tensor:
+        """(B, Cmax) Platt's input z under `basis` (see PLATT_INPUTS)."""
+        if basis not in PLATT_INPUTS:
+            raise ValueError(f"unknown probability basis {basis!r}; known: {PROBABILITY_BASES}")
+        return getattr(self, PLATT_INPUTS[basis])
+
     def row(self, i: int) -> dict[str, Any]:
         """Plain Python values of row i, trimmed to its labels."""
         c = int(self.counts[i])
         return {"cosine": self.cosine[i, :c].tolist(), "softmax": self.softmax[i, :c].tolist(),
-                "label_logp": self.label_logp[i, :c].tolist(), "label_mass": float(self.label_mass[i]),
-                "scope": float(self.scope[i])}
+                "label_logp": self.label_logp[i, :c].tolist(), "closed_logp": self.closed_logp[i, :c].tolist(),
+                "label_mass": float(self.label_mass[i]), "scope": float(self.scope[i])}
 
     def rows(self) -> list[dict[str, Any]]:
         cpu = BatchScores(*(t.detach().float().cpu() for t in (self.cosine, self.softmax, self.label_logp,
@@ -196,7 +213,7 @@ class LabelRule:
     name: str
     unsafe: bool
     threshold: float  # flag at or above this probability
-    platt: tuple[float, float] | None  # (a, b): probability = sigmoid(a * z + b) (`platt_inputs`); None: uncalibrated
+    platt: tuple[float, float] | None  # (a, b): probability = sigmoid(a * z + b) (`PLATT_INPUTS`); None: uncalibrated
 
 
 @dataclass(frozen=True)
@@ -231,20 +248,9 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
-def platt_inputs(label_logp: Tensor, softmax: Tensor, basis: str) -> Tensor:
-    """Platt's input z per label. `neglabel`: the log-probability among the labels and the negative
-    labels (an image no label describes leaves its mass on the negatives); `closed_set`: the
-    log-probability among the labels alone (export picks it where the negatives swallow the
-    unsafe images' mass, e.g. styles the frozen CLIP reads poorly)."""
-    if basis not in PROBABILITY_BASES:
-        raise ValueError(f"unknown probability basis {basis!r}; known: {PROBABILITY_BASES}")
-    return label_logp if basis == "neglabel" else softmax.clamp_min(TINY).log()
-
-
 def probabilities(row: dict[str, Any], rule: DecisionRule) -> list[float]:
     """Per-label probability: calibrated where the label has Platt parameters, else the closed-set softmax."""
-    zs = platt_inputs(torch.tensor(row["label_logp"], dtype=torch.float64),
-                      torch.tensor(row["softmax"], dtype=torch.float64), rule.basis).tolist()
+    zs = row[PLATT_INPUTS[rule.basis]]
     out = []
     for lab, z, p in zip(rule.labels, zs, row["softmax"], strict=True):
         out.append(_sigmoid(lab.platt[0] * z + lab.platt[1]) if lab.platt and not rule.legacy else p)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from promptclip.decisions import NEG_INF, PROBABILITY_BASES, BatchScores, ScopeModel, platt_inputs
+from promptclip.decisions import NEG_INF, PROBABILITY_BASES, BatchScores, ScopeModel
 
 from .config import DecisionConfig
 
@@ -142,7 +142,7 @@ def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg:
 
     scores: the images scored against the domain (one row each); scope: (N,) cross-fitted scope
     scores; y: (N,) label index; unsafe: (C,) bool per label. Both probability bases are fitted
-    (`promptclip.decisions.platt_inputs`); the one flagging more unsafe calibration images at its
+    (`promptclip.decisions.PLATT_INPUTS`); the one flagging more unsafe calibration images at its
     own false-flag threshold is kept (ties: neglabel).
     """
     signals = set(cfg.scope_signals)
@@ -176,7 +176,7 @@ def _fit_basis(scores: BatchScores, basis: str, in_scope: Tensor, y: Tensor, uns
                cfg: DecisionConfig) -> dict:
     """Platt per label on `basis`, the shared flag threshold, the review threshold and the recall they give."""
     c = len(unsafe)
-    z = platt_inputs(scores.label_logp[:, :c], scores.softmax[:, :c], basis)
+    z = scores.platt_input(basis)[:, :c]
     cal = []
     for li in range(c):
         a, b = fit_platt(z[:, li], y == li)
