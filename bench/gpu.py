@@ -43,11 +43,12 @@ import torch
 from PIL import Image
 
 from bench.fixtures import DOMAINS, bare_and_prompted, make_jpegs, publish_bundles, save_random_clip
+from bench.gpu_measure import batch_stats, decode_costs, p3_breakdown, run_encoder_bench, scrape
+from bench.gpu_report import GOALS, goals, print_report, summarise  # noqa: F401 (GOALS: the bench's goals)
 from bench.loadgen import run_load
 from bench.service import free_port, print_py_spy_summary, stop_server, wait_ready
-from bench.timing import interleaved, machine, table
+from bench.timing import interleaved, machine
 
-GOALS = {"P1": ("efficiency", ">=", 0.97), "P2": ("service_over_bare", ">=", 0.5), "P3": ("p50_ms", "<=", 3.0)}
 VARIANTS = {  # server settings on top of the common ones
     "full": {},
     "no_cuda_graphs": {"MODERATION_CUDA_GRAPHS": "false"},
@@ -78,133 +79,6 @@ def device_name(device: torch.device) -> str:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def scrape(url: str) -> dict[str, float]:
-    """The server's batch counters from /metrics (prometheus text format)."""
-    import httpx
-
-    keys = ("moderation_batch_size_sum", "moderation_batch_size_count", "moderation_inference_seconds_sum")
-    out = dict.fromkeys(keys, 0.0)
-    with contextlib.suppress(httpx.HTTPError):
-        for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in out:
-                out[name] = float(value)
-    return out
-
-
-def batch_stats(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
-    """Mean images per forward, forwards, and the share of the phase the model thread was busy."""
-    n = after["moderation_batch_size_count"] - before["moderation_batch_size_count"]
-    imgs = after["moderation_batch_size_sum"] - before["moderation_batch_size_sum"]
-    busy = after["moderation_inference_seconds_sum"] - before["moderation_inference_seconds_sum"]
-    return {"forwards": n, "mean_batch": imgs / n if n else 0.0, "model_busy": busy / seconds if seconds else 0.0,
-            "model_ms_per_forward": 1e3 * busy / n if n else 0.0}
-
-
-def run_encoder_bench(model: str, device: torch.device, precision: str, sizes: str, reps: int,
-                      rep_s: float, domains: int, tokens: str) -> dict:
-    """`python -m bench encoder` in this process; its table goes to the log, its JSON comes back."""
-    from bench.encoder import main as encoder_main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        encoder_main(["--model", model, "--device", str(device), "--precision", precision, "--batch-sizes", sizes,
-                      "--reps", str(reps), "--rep-seconds", str(rep_s), "--domains", str(domains),
-                      "--tokens", tokens])
-    text = buf.getvalue().strip()
-    print(text, flush=True)
-    return json.loads(text.splitlines()[-1])
-
-
-def decode_costs(jpegs: list[bytes], clip, device: torch.device) -> dict[str, float]:
-    """ms per image: PIL decode + preprocess (one core), the device path one image at a time (as the
-    server's decode threads call it), and batched nvjpeg + preprocess (decode_jpeg_batch_gpu)."""
-    from promptclip import device_jpeg_preprocessor
-    from promptclip.device_decode import decode_jpeg_batch_gpu, preprocess_batch
-
-    def per_image(fn) -> float:
-        fn()  # warm-up: nvjpeg handle, kernels
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return 1e3 * (time.perf_counter() - t) / len(jpegs)
-
-    out = {"pil_ms": per_image(lambda: [clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs])}
-    fast = device_jpeg_preprocessor(clip.model, device)
-    if fast is not None:
-        out["device_single_ms"] = per_image(lambda: [fast(b) for b in jpegs])
-        out["device_batched_ms"] = per_image(
-            lambda: preprocess_batch(decode_jpeg_batch_gpu(jpegs, device), fast.image_size, fast.mean, fast.std))
-    return out
-
-
-def p3_breakdown(clip, store_dir: Path, jpegs: list[bytes], domains: list[str], device: torch.device,
-                 n: int = 60) -> dict[str, float]:
-    """Median ms of a lone request's steps, through the service's own decoder and engine in this
-    process (no HTTP): `decode` (ImageDecoder: thread hop, header checks, nvjpeg or PIL, preprocess),
-    `engine` (queue, model thread, upload, CUDA-graph replay, scoring), `replay` (the bs1 graph
-    alone), `device_jpeg` (the nvjpeg seam alone, synchronised). HTTP's share of P3 is the
-    HTTP p50 less decode and engine."""
-    import asyncio
-
-    from promptclip import ImageRunner, PromptedCLIP, device_jpeg_preprocessor
-    from service.decode import ImageDecoder
-    from service.engine import BatchingEngine
-    from service.registry import BundleRegistry
-
-    prompted = PromptedCLIP(clip.model)
-    registry = BundleRegistry(clip, prompted, store_dir)
-    registry.reload()
-    snap = registry.snapshot
-    fast = device_jpeg_preprocessor(clip.model, device) if device.type == "cuda" else None
-    decoder = ImageDecoder(clip.preprocess, max_bytes=10 << 20, max_pixels=40_000_000, min_side=8, workers=2,
-                           device_jpeg=fast)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    times: dict[str, list[float]] = {"decode": [], "engine": [], "replay": [], "device_jpeg": []}
-
-    async def lone_requests() -> None:
-        engine = BatchingEngine(prompted, max_batch=8, max_wait_ms=2.0, max_queue=64, timeout_s=60,
-                                cuda_graphs=device.type == "cuda", arriving=lambda: decoder.pending)
-        engine.start()
-        await engine.warmup(snap, clip.info.image_size)
-        try:
-            for i in range(n + 5):
-                t0 = time.perf_counter()
-                pixels = await decoder.decode(jpegs[i % len(jpegs)])
-                t1 = time.perf_counter()
-                await engine.classify(pixels, snap.domains[domains[i % len(domains)]], snap)
-                t2 = time.perf_counter()
-                if i >= 5:
-                    times["decode"].append(t1 - t0)
-                    times["engine"].append(t2 - t1)
-        finally:
-            await engine.stop()
-            decoder.close()
-
-    asyncio.run(lone_requests())
-    runner = ImageRunner(prompted, buckets=(1,))
-    one = torch.randn(1, 3, clip.info.image_size, clip.info.image_size, device=device, dtype=prompted.dtype)
-    bank = snap.vision_banks[next(iter(snap.vision_banks))][:1]
-    for i in range(n + 5):
-        sync()
-        t0 = time.perf_counter()
-        runner(one, bank)
-        sync()
-        t1 = time.perf_counter()
-        if fast is not None:
-            fast(jpegs[i % len(jpegs)])
-            sync()
-        t2 = time.perf_counter()
-        if i >= 5:
-            times["replay"].append(t1 - t0)
-            if fast is not None:
-                times["device_jpeg"].append(t2 - t1)
-    return {k: round(1e3 * statistics.median(v), 3) for k, v in times.items() if v}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -245,6 +119,91 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-log-dir", default=None, help="keep each server's log here (default: a temp dir)")
     p.add_argument("--budget-s", type=float, default=None, help="skip phases that would end later than this")
     return p.parse_args(argv)
+
+
+def start_servers(args: argparse.Namespace, result: dict, variants: dict, ckpt: Path, store: Path,
+                  device: torch.device, precision: str, max_batch: int, log_dir: Path,
+                  budget: Budget) -> dict[str, tuple[subprocess.Popen, str]]:
+    """One `python -m service` per variant, started side by side; those not ready are stopped and noted."""
+    common = dict(os.environ, MODERATION_MODEL=args.model, MODERATION_PRETRAINED=str(ckpt),
+                  MODERATION_DEVICE=str(device), MODERATION_PRECISION=precision,
+                  MODERATION_STORE_DIR=str(store), MODERATION_HOST="127.0.0.1",
+                  MODERATION_MAX_BATCH=str(max_batch), MODERATION_MAX_QUEUE=str(max(4096, 4 * max_batch)),
+                  MODERATION_MAX_BATCH_ITEMS=str(max(64, args.batch_items)), MODERATION_ACCESS_LOG="false",
+                  MODERATION_LOG_LEVEL="info", MODERATION_REQUEST_TIMEOUT_S="120")
+    # CPU threads per server: the servers start side by side, and OpenMP pools that add up to more
+    # than the cores stall at their barriers (RESULTS.md); on CUDA the server's CPU torch work is small
+    threads = args.server_threads or (max(1, (os.cpu_count() or 1) // (len(variants) + 1))
+                                      if device.type == "cuda" else 1)
+    common["MODERATION_TORCH_THREADS"] = str(threads)
+    if args.decode_workers:
+        common["MODERATION_DECODE_WORKERS"] = str(args.decode_workers)
+    result["server_settings"] = {k: v for k, v in common.items() if k.startswith("MODERATION_")
+                                 and k not in ("MODERATION_PRETRAINED", "MODERATION_STORE_DIR")}
+    result["variants"] = variants
+    servers = {}
+    for v, extra in variants.items():
+        port = free_port()
+        log = open(log_dir / f"server-{v}.log", "w")  # noqa: SIM115 (lives as long as the server)
+        proc = subprocess.Popen([sys.executable, "-m", "service"], env=dict(common, MODERATION_PORT=str(port), **extra),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        servers[v] = (proc, f"http://127.0.0.1:{port}")
+    for v, (proc, url) in list(servers.items()):
+        try:
+            wait_ready(url, proc, timeout_s=max(10.0, min(600.0, budget.left() - 60)))
+        except (RuntimeError, TimeoutError) as e:
+            tail = (log_dir / f"server-{v}.log").read_text()[-3000:]
+            print(f"[server {v}] not ready: {e}\n{tail}", flush=True)
+            result["skipped"].append(f"{v}: server not ready ({e})")
+            stop_server(proc)
+            del servers[v]
+    return servers
+
+
+def http_phases(args: argparse.Namespace, servers: dict, procs: int) -> list[tuple[str, str, int, int, int]]:
+    """(variant, phase, concurrency, client processes, batch items): the goals' phases first (P2, P3 per
+    variant), then the extras, so a tight budget drops the extras."""
+    phases = []
+    for v in servers:
+        phases.append((v, f"/classify c={args.concurrency}", args.concurrency, procs, 0))
+        phases.append((v, "/classify c=1", 1, 1, 0))
+    if "full" in servers and args.batch_items:
+        phases.append(("full", f"/classify/batch x{args.batch_items} c={args.batch_concurrency}",
+                       args.batch_concurrency, min(procs, args.batch_concurrency), args.batch_items))
+    if "full" in servers and args.py_spy == "loaded":
+        phases.append(("full", f"/classify c={args.concurrency} under py-spy", args.concurrency, procs, 0))
+    if "full" in servers and args.py_spy == "c1":
+        phases.append(("full", "/classify c=1 under py-spy", 1, 1, 0))
+    return phases
+
+
+def run_phase(args: argparse.Namespace, result: dict, v: str, phase: str, load: tuple[int, int, int],
+              server: tuple[subprocess.Popen, str], jpeg_dir: Path, domains: list[str], log_dir: Path) -> None:
+    """One load phase against one server: throughput and latency, the server's batching, py-spy if asked."""
+    (conc, nproc, items), (proc, url) = load, server
+    spy = None
+    if phase.endswith("under py-spy"):
+        spy_out = log_dir / f"py-spy-{v}.txt"
+        spy = subprocess.Popen([os.environ.get("PY_SPY") or "py-spy", "record", "--pid", str(proc.pid),
+                                "--format", "raw", "-r", "100", "--threads", "-o", str(spy_out),
+                                "--duration", str(round(args.warmup + args.duration + 1.5))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    before = scrape(url)
+    r = run_load(int(url.rsplit(":", 1)[1]), jpeg_dir, domains, conc, nproc, args.warmup, args.duration, items)
+    stats = batch_stats(before, scrape(url), args.warmup + args.duration)
+    result["http"].setdefault(v, {})[phase] = r
+    result["server_batches"].setdefault(v, {})[phase] = stats
+    print(f"    {r['img_s']:.1f} img/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['requests']} "
+          f"requests, {r['errors']} errors; mean batch {stats['mean_batch']:.1f}, model busy "
+          f"{100 * stats['model_busy']:.0f} %" + (f"; first error: {r['first_error']}" if r["errors"] else ""),
+          flush=True)
+    if spy is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            spy.wait(timeout=30)
+        if spy.poll() is None:
+            spy.terminate()
+        shares = print_py_spy_summary(str(spy_out))
+        result["server_cpu_shares"] = {k: round(x, 4) for k, x in shares.items()}
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script, phase after phase)
@@ -316,37 +275,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
         result["jpeg_mean_bytes"] = round(statistics.fmean(len(b) for b in jpegs))
 
         # ------------------------------------------------------------------ 2. servers, in parallel
-        common = dict(os.environ, MODERATION_MODEL=args.model, MODERATION_PRETRAINED=str(ckpt),
-                      MODERATION_DEVICE=str(device), MODERATION_PRECISION=precision,
-                      MODERATION_STORE_DIR=str(tmp / "store"), MODERATION_HOST="127.0.0.1",
-                      MODERATION_MAX_BATCH=str(max_batch), MODERATION_MAX_QUEUE=str(max(4096, 4 * max_batch)),
-                      MODERATION_MAX_BATCH_ITEMS=str(max(64, args.batch_items)), MODERATION_ACCESS_LOG="false",
-                      MODERATION_LOG_LEVEL="info", MODERATION_REQUEST_TIMEOUT_S="120")
-        # CPU threads per server: the servers start side by side, and OpenMP pools that add up to more
-        # than the cores stall at their barriers (RESULTS.md); on CUDA the server's CPU torch work is small
-        threads = args.server_threads or (max(1, (os.cpu_count() or 1) // (len(variants) + 1)) if cuda else 1)
-        common["MODERATION_TORCH_THREADS"] = str(threads)
-        if args.decode_workers:
-            common["MODERATION_DECODE_WORKERS"] = str(args.decode_workers)
-        result["server_settings"] = {k: v for k, v in common.items() if k.startswith("MODERATION_")
-                                     and k not in ("MODERATION_PRETRAINED", "MODERATION_STORE_DIR")}
-        result["variants"] = variants
-        for v, extra in variants.items():
-            port = free_port()
-            cmd = [sys.executable, "-m", "service"]
-            log = open(log_dir / f"server-{v}.log", "w")  # noqa: SIM115 (lives as long as the server)
-            proc = subprocess.Popen(cmd, env=dict(common, MODERATION_PORT=str(port), **extra), stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            servers[v] = (proc, f"http://127.0.0.1:{port}")
-        for v, (proc, url) in list(servers.items()):
-            try:
-                wait_ready(url, proc, timeout_s=max(10.0, min(600.0, budget.left() - 60)))
-            except (RuntimeError, TimeoutError) as e:
-                tail = (log_dir / f"server-{v}.log").read_text()[-3000:]
-                print(f"[server {v}] not ready: {e}\n{tail}", flush=True)
-                result["skipped"].append(f"{v}: server not ready ({e})")
-                stop_server(proc)
-                del servers[v]
+        servers.update(start_servers(args, result, variants, ckpt, tmp / "store", device, precision, max_batch,
+                                     log_dir, budget))
         result["servers_ready_s"] = round(time.monotonic() - t_run, 1)
         say(f"[setup] {len(servers)} server(s) ready after {result['servers_ready_s']} s")
         save()
@@ -390,121 +320,25 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
                 enc_times[k].append(t[0])
 
         encoder_rep(first=True)
-        # the goals' phases first (P2, P3 per variant), then the extras, so a tight budget drops extras
-        phases = []
-        for v in servers:
-            phases.append((v, f"/classify c={args.concurrency}", args.concurrency, procs, 0))
-            phases.append((v, "/classify c=1", 1, 1, 0))
-        if "full" in servers and args.batch_items:
-            phases.append(("full", f"/classify/batch x{args.batch_items} c={args.batch_concurrency}",
-                           args.batch_concurrency, min(procs, args.batch_concurrency), args.batch_items))
-        if "full" in servers and args.py_spy == "loaded":
-            phases.append(("full", f"/classify c={args.concurrency} under py-spy", args.concurrency, procs, 0))
-        if "full" in servers and args.py_spy == "c1":
-            phases.append(("full", "/classify c=1 under py-spy", 1, 1, 0))
+        phases = http_phases(args, servers, procs)
         cost = args.warmup + args.duration + 3 + 0.2 * procs
         for v, phase, conc, nproc, items in phases:
             if v not in servers or not budget.allows(cost + 5, f"{v} {phase}", result["skipped"]):
                 continue
-            proc, url = servers[v]
             say(f"[{v}] {phase} for {args.warmup:g}+{args.duration:g} s ({nproc} client process(es))")
-            spy = None
-            if phase.endswith("under py-spy"):
-                spy_out = log_dir / f"py-spy-{v}.txt"
-                spy = subprocess.Popen([os.environ.get("PY_SPY") or "py-spy", "record", "--pid", str(proc.pid),
-                                        "--format", "raw", "-r", "100", "--threads", "-o", str(spy_out),
-                                        "--duration", str(round(args.warmup + args.duration + 1.5))],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            before = scrape(url)
-            r = run_load(int(url.rsplit(":", 1)[1]), jpeg_dir, domains, conc, nproc, args.warmup, args.duration,
-                         items)
-            stats = batch_stats(before, scrape(url), args.warmup + args.duration)
-            result["http"].setdefault(v, {})[phase] = r
-            result["server_batches"].setdefault(v, {})[phase] = stats
-            print(f"    {r['img_s']:.1f} img/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['requests']} "
-                  f"requests, {r['errors']} errors; mean batch {stats['mean_batch']:.1f}, model busy "
-                  f"{100 * stats['model_busy']:.0f} %" + (f"; first error: {r['first_error']}" if r["errors"] else ""),
-                  flush=True)
-            if spy is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    spy.wait(timeout=30)
-                if spy.poll() is None:
-                    spy.terminate()
-                shares = print_py_spy_summary(str(spy_out))
-                result["server_cpu_shares"] = {k: round(s, 4) for k, s in shares.items()}
+            run_phase(args, result, v, phase, (conc, nproc, items), servers[v], jpeg_dir, domains, log_dir)
             encoder_rep()
             save()
 
         bare_img_s = max_batch / statistics.median(enc_times["bare"])
         prompted_img_s = max_batch / statistics.median(enc_times["prompted"])
         result.update(bare_img_s=bare_img_s, prompted_runner_img_s=prompted_img_s, encoder_reps=len(enc_times["bare"]))
-        p2, p3 = f"/classify c={args.concurrency}", "/classify c=1"
-
-        def summary(v: str) -> dict:
-            h = result["http"].get(v, {})
-            s = {}
-            if p2 in h:
-                s.update(service_img_s=h[p2]["img_s"], service_over_bare=h[p2]["img_s"] / bare_img_s,
-                         service_over_prompted=h[p2]["img_s"] / prompted_img_s, p50_ms_loaded=h[p2]["p50_ms"],
-                         errors=h[p2]["errors"])
-            if p3 in h:
-                s.update(p50_ms=h[p3]["p50_ms"], p99_ms=h[p3]["p99_ms"], c1_img_s=h[p3]["img_s"])
-            return s
-
-        full = summary("full")
-        result.update(full)
-        parts = result.get("p3_breakdown_ms")
-        if parts and full.get("p50_ms"):
-            parts["http_and_rest"] = round(full["p50_ms"] - parts["decode"] - parts["engine"], 3)
-        batch = next((r for k, r in result["http"].get("full", {}).items() if k.startswith("/classify/batch")), None)
-        if batch:
-            result["batch_endpoint_img_s"] = batch["img_s"]
-            result["batch_endpoint_over_bare"] = batch["img_s"] / bare_img_s
-        for v in result["http"]:
-            if v != "full":
-                result["ablations"][v] = summary(v)
-        gains = {}
-        for v, what in (("no_cuda_graphs", "cuda_graphs"), ("no_nvjpeg", "nvjpeg")):
-            a = result["ablations"].get(v, {})
-            g = {}
-            if a.get("service_img_s") and full.get("service_img_s"):
-                g["throughput_x"] = full["service_img_s"] / a["service_img_s"]
-            if a.get("p50_ms") and full.get("p50_ms"):
-                g["p50_x"] = a["p50_ms"] / full["p50_ms"]  # > 1: the feature makes a lone request faster
-            if g:
-                gains[what] = g
-        result["gains"] = gains
-
-        # ------------------------------------------------------------------ report
-        goals = {}
-        for g, (key, op, target) in GOALS.items():
-            val = result.get(key)
-            goals[g] = {"key": key, "target": f"{op} {target}", "value": val,
-                        "met": None if val is None else (val >= target if op == ">=" else val <= target)}
-        result["goals"] = goals
+        summarise(result, args.concurrency)
+        result["goals"] = goals(result)
         result["wall_s"] = round(time.monotonic() - t_run, 1)
         result["complete"] = True
         save()
-
-        rows = [{"variant": v, "phase": k, "img/s": r["img_s"], "p50 ms": r["p50_ms"], "p99 ms": r["p99_ms"],
-                 "requests": r["requests"], "errors": r["errors"],
-                 "mean batch": result["server_batches"][v][k]["mean_batch"],
-                 "model busy %": 100 * result["server_batches"][v][k]["model_busy"]}
-                for v, h in result["http"].items() for k, r in h.items()]
-        print(f"\ngpu bench: {args.model} on {name} ({precision}), random init, {len(domains)} domains mixed, "
-              f"{width}x{height} JPEGs (~{result['jpeg_mean_bytes'] // 1000} kB), MAX_BATCH={max_batch}")
-        if rows:
-            print(table(rows, ["variant", "phase", "img/s", "p50 ms", "p99 ms", "requests", "errors", "mean batch",
-                               "model busy %"]))
-        print(f"in process at bs{max_batch} (model only): bare encode_image {bare_img_s:,.0f} img/s, prompted runner "
-              f"{prompted_img_s:,.0f} img/s; decode ms/image {result.get('decode_ms_per_image')}")
-        print(table([{"goal": g, "key": d["key"], "target": d["target"], "value": d["value"] if d["value"] is not None
-                      else "-", "met": d["met"]} for g, d in goals.items()], ["goal", "key", "target", "value", "met"]))
-        if result["skipped"]:
-            print(f"skipped: {result['skipped']}")
-        print(f"wrote {out_path}")
-        print(json.dumps({k: result[k] for k in ("device", "model", "efficiency", "service_over_bare", "p50_ms",
-                                                 "p99_ms", "ablations", "gains", "complete")}, sort_keys=True))
+        print_report(result, out_path)
         return 0
     finally:
         for proc, _ in servers.values():
