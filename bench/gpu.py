@@ -47,7 +47,7 @@ from bench.gpu_measure import batch_stats, decode_costs, p3_breakdown, run_encod
 from bench.gpu_report import GOALS, goals, print_report, summarise  # noqa: F401 (GOALS: the bench's goals)
 from bench.loadgen import run_load
 from bench.service import free_port, print_py_spy_summary, stop_server, wait_ready
-from bench.timing import interleaved, machine
+from bench.timing import Reference, machine
 
 VARIANTS = {  # server settings on top of the common ones
     "full": {},
@@ -311,15 +311,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
         enc_model = PromptedCLIP(clip.model)
         pixels = [clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
         fns = bare_and_prompted(clip, enc_model, tmp / "store", domains, pixels, max_batch, device)
-        enc_times: dict[str, list[float]] = {"bare": [], "prompted": []}
-
-        def encoder_rep(first: bool = False) -> None:
-            with torch.inference_mode():
-                got = interleaved(fns, device, reps=1, target_s=0.5 if cuda else 0.05, warmup=2 if first else 0)
-            for k, t in got.items():
-                enc_times[k].append(t[0])
-
-        encoder_rep(first=True)
+        ref = Reference(fns, device, target_s=0.5 if cuda else 0.05, warmup=2)
+        enc_times = ref.times
+        ref.rep()
         phases = http_phases(args, servers, procs)
         cost = args.warmup + args.duration + 3 + 0.2 * procs
         for v, phase, conc, nproc, items in phases:
@@ -327,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
                 continue
             say(f"[{v}] {phase} for {args.warmup:g}+{args.duration:g} s ({nproc} client process(es))")
             run_phase(args, result, v, phase, (conc, nproc, items), servers[v], jpeg_dir, domains, log_dir)
-            encoder_rep()
+            ref.rep()
             save()
 
         bare_img_s = max_batch / statistics.median(enc_times["bare"])

@@ -49,7 +49,7 @@ from bench.fixtures import (
     publish_router,
     save_random_clip,
 )
-from bench.timing import emit, interleaved, machine, median_ratio, table
+from bench.timing import Reference, emit, machine, median_ratio, table
 from promptclip import (
     ModelSpec,
     PromptedCLIP,
@@ -281,13 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         # the in-process reference: same weights, same prompts, same images, server's batch size
         enc = PromptedCLIP(clip.model)
         fns = bare_and_prompted(clip, enc, tmp / "store", domains, pixels, max_batch, device)
-        enc_times: dict[str, list[float]] = {"bare": [], "prompted": []}
-
-        def encoder_rep(first: bool = False) -> None:
-            with torch.inference_mode():
-                got = interleaved(fns, device, reps=1, target_s=0.5 if cuda else 0.1, warmup=1 if first else 0)
-            for k, v in got.items():
-                enc_times[k].append(v[0])
+        ref = Reference(fns, device, target_s=0.5 if cuda else 0.1, warmup=1)
+        enc_times = ref.times
 
         phases = [(f"/classify c={c}", c, 0, False) for c in levels]
         if args.batch_items:
@@ -296,12 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, conc, items, _ in list(phases[-2:] if args.batch_items else phases[-1:]):
             routed_pairs[name + " routed"] = name
             phases.append((name + " routed", conc, items, True))
-        encoder_rep(first=True)
+        ref.rep()
         http: dict[str, dict] = {}
         for name, conc, items, routed in phases:
             print(f"[run] {name} for {warm:g}+{duration:g} s", flush=True)
             http[name] = asyncio.run(drive(url, jpegs, domains, conc, warm, duration, items, routed))
-            encoder_rep()
+            ref.rep()
         routed_over_explicit = {k: http[k]["img_s"] / http[v]["img_s"] if http[v]["img_s"] else None
                                 for k, v in routed_pairs.items()}
 

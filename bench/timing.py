@@ -57,6 +57,23 @@ def interleaved(fns: dict[str, Callable[[], object]], device: torch.device | str
     return out
 
 
+class Reference:
+    """Interleaved timings of `fns` accumulated one repetition per call: the in-process reference an
+    HTTP bench re-measures between its phases, so both halves of a ratio ran under the same load."""
+
+    def __init__(self, fns: dict[str, Callable[[], object]], device: torch.device | str, target_s: float,
+                 warmup: int):
+        self.fns, self.device, self.target_s, self.warmup = fns, device, target_s, warmup
+        self.times: dict[str, list[float]] = {name: [] for name in fns}
+
+    def rep(self) -> None:
+        with torch.inference_mode():
+            got = interleaved(self.fns, self.device, reps=1, target_s=self.target_s, warmup=self.warmup)
+        self.warmup = 0  # only before the first repetition
+        for k, t in got.items():
+            self.times[k].append(t[0])
+
+
 def median_ratio(num: list[float], den: list[float]) -> float:
     """Median over repetitions of num[i] / den[i] (paired: same repetition, same machine load)."""
     return statistics.median(a / b for a, b in zip(num, den, strict=True))
