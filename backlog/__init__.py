@@ -2,15 +2,29 @@
 
     python -m backlog score --input IMAGES --domain photo --out OUT.parquet [--engine local|ray]
 
-Imports `promptclip`, never `service`: every decision comes from `promptclip.decide`.
+Imports `promptclip`, never `service`: every decision comes from `promptclip.decide`. The names
+below are imported on first use, so `python -m backlog --help` never loads torch.
 """
 
-from .compare import compare_tables, read_output
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .config import ScoreConfig
-from .inputs import Item, list_inputs, read_bytes
-from .local import score_local
-from .plan import RunSummary
-from .scorer import Scorer, output_schema
+
+if TYPE_CHECKING:
+    from .plan import RunSummary
+
+_LAZY = {"compare_tables": "compare", "read_output": "compare", "Item": "inputs", "list_inputs": "inputs",
+         "read_bytes": "inputs", "score_local": "local", "RunSummary": "plan", "Scorer": "scorer",
+         "output_schema": "scorer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def score(cfg: ScoreConfig) -> RunSummary:
@@ -19,6 +33,8 @@ def score(cfg: ScoreConfig) -> RunSummary:
         from .ray_engine import score_ray  # Ray is an optional extra
 
         return score_ray(cfg)
+    from .local import score_local
+
     return score_local(cfg)
 
 

@@ -1,4 +1,5 @@
-"""`python -m backlog score ...` and `python -m backlog compare A B`; --help on each gives every default."""
+"""Score image collections offline with the decisions the service would make (`score`), and check that
+two outputs agree (`compare`). `--help` on each command lists every option with its default."""
 
 from __future__ import annotations
 
@@ -11,24 +12,45 @@ from pathlib import Path
 
 from .config import ENGINES, ScoreConfig
 
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; descriptions keep their paragraphs."""
+
+
 D = {f.name: f.default for f in dataclasses.fields(ScoreConfig) if f.default is not dataclasses.MISSING}
 
-SCORE_HELP = """Score an image collection with one domain's CURRENT bundle: Parquet out, one row per image.
+SCORE_HELP = """Score an image collection with one domain's CURRENT bundle: Parquet out, one row per file.
 
---domain is required: auto-routing images to a domain is not available yet (the domain
-router is issue 13). The output is a folder (OUT.parquet/) of shard-NNNNN.parquet files plus
-_backlog.json; a rerun with the same arguments skips committed shards. Multi-node: start Ray
-on every node (`ray start --head` on one, `ray start --address HEAD:6379` on the others), then
-run with --engine ray --ray-address auto (or RAY_ADDRESS=HEAD:6379); see docs/backlog.md."""
+Every image is scored against --domain; the backlog has no domain router (--domain auto is
+refused): run once per domain, or send images without a domain to the service's /classify,
+which routes them.
+
+Every file of an input folder gets a row (hidden files excepted). A file the service would
+refuse (TIFF, PDF, text, empty, truncated, too large) gets an error row with the code /classify
+answers for it: `error` reads "code: message" and `error_code` holds the code (unsupported_format,
+undecodable_image, empty_image, image_too_large, too_many_pixels, degenerate_image; unreadable_input
+for a file that cannot be read). Accepted: JPEG, PNG, WebP, GIF (first frame), BMP.
+
+The output is a folder (OUT.parquet/) of shard-NNNNN.parquet files plus _backlog.json; a rerun
+with the same arguments skips committed shards. Multi-node: start Ray on every node (`ray start
+--head` on one, `ray start --address HEAD:6379` on the others), then run with --engine ray
+--ray-address auto (or RAY_ADDRESS=HEAD:6379); see docs/backlog.md."""
+
+COMPARE_HELP = """Check that two backlog outputs make the same decisions.
+
+Rows are matched by id: the decisions (error code, top_label, out_of_scope, flagged,
+needs_review) must be equal and every score and probability within --atol. Prints one JSON
+report; exits 0 when identical, 1 if not."""
 
 
 def _score_parser(sub) -> None:
     p = sub.add_parser("score", help="score images into Parquet", description=SCORE_HELP,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--input", type=Path, required=True, default=argparse.SUPPRESS,
                    help="image folder (recursive), Parquet file or folder (image bytes or paths), or a list file "
                         "(one path per line)")
-    p.add_argument("--domain", required=True, default=argparse.SUPPRESS, help="the bundle domain to score against (required: no auto-routing yet)")
+    p.add_argument("--domain", required=True, default=argparse.SUPPRESS,
+                   help="the bundle domain every image is scored against (no auto-routing in the backlog)")
     p.add_argument("--out", type=Path, required=True, default=argparse.SUPPRESS, help="output folder, e.g. OUT.parquet")
     p.add_argument("--store", type=Path, default=D["store"], help="bundle store root")
     p.add_argument("--engine", choices=ENGINES, default=D["engine"], help="local process or Ray Data")
@@ -43,8 +65,13 @@ def _score_parser(sub) -> None:
     p.add_argument("--shard-size", type=int, default=D["shard_size"], help="images per output shard (unit of resume)")
     p.add_argument("--threads", type=int, default=D["threads"], help="torch threads; 0 = auto: local on CPU, the cores the decode workers leave (>= 1); "
                         "else torch's / Ray's default")
+    p.add_argument("--max-image-bytes", type=int, default=D["max_image_bytes"],
+                   help="larger files become error rows, image_too_large (the service's MAX_IMAGE_BYTES)")
     p.add_argument("--max-image-pixels", type=int, default=D["max_image_pixels"],
-                   help="larger images become error rows")
+                   help="larger images become error rows, too_many_pixels (the service's MAX_IMAGE_PIXELS)")
+    p.add_argument("--min-image-side", type=int, default=D["min_image_side"],
+                   help="images with a smaller side become error rows, degenerate_image (the service's "
+                        "MIN_IMAGE_SIDE)")
     p.add_argument("--review-out-of-scope", action="store_true", help="send out-of-scope images to review")
     p.add_argument("--image-column", default=D["image_column"],
                    help="Parquet: column of image bytes or paths; None: the first of image, bytes, ..., path")
@@ -62,21 +89,22 @@ def _config(a: argparse.Namespace) -> ScoreConfig:
     return ScoreConfig(input=a.input, out=a.out, domain=a.domain, store=a.store, engine=a.engine, model=a.model,
                        pretrained=a.pretrained, tokenizer=a.tokenizer, device=a.device, precision=a.precision,
                        batch_size=a.batch_size, decode_workers=a.decode_workers, shard_size=a.shard_size,
-                       threads=a.threads, max_image_pixels=a.max_image_pixels,
+                       threads=a.threads, max_image_bytes=a.max_image_bytes, max_image_pixels=a.max_image_pixels,
+                       min_image_side=a.min_image_side,
                        review_out_of_scope=a.review_out_of_scope, image_column=a.image_column,
                        id_column=a.id_column, ray_address=a.ray_address, ray_concurrency=a.ray_concurrency,
                        ray_cpus_per_actor=a.ray_cpus_per_actor, progress=not a.no_progress)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m backlog", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m backlog", description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     _score_parser(sub)
     c = sub.add_parser("compare", help="check two outputs make the same decisions",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Rows matched by id: decisions must be equal, scores within --atol. Exit 1 if not.")
-    c.add_argument("a", type=Path)
-    c.add_argument("b", type=Path)
+                       formatter_class=HelpFormatter, description=COMPARE_HELP)
+    c.add_argument("a", type=Path, metavar="A",
+                   help="first output: a score --out folder (OUT.parquet/) or one Parquet file")
+    c.add_argument("b", type=Path, metavar="B", help="second output, same kind, of the same input listing")
     c.add_argument("--atol", type=float, default=1e-5, help="largest allowed score / probability difference")
     return p
 
@@ -86,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         from .compare import compare_tables, read_output
 
-        report = compare_tables(read_output(args.a), read_output(args.b), args.atol)
+        try:
+            report = compare_tables(read_output(args.a), read_output(args.b), args.atol)
+        except (ValueError, OSError) as e:  # not an output folder: say which, no stack trace
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(json.dumps(report, default=str))
         return 0 if report["identical"] else 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

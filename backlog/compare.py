@@ -12,12 +12,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-EXACT = ("id", "error", "top_label", "out_of_scope", "flagged", "needs_review")  # decisions: must be equal
+EXACT = ("id", "error", "error_code", "top_label", "out_of_scope", "flagged", "needs_review")  # decisions: must be equal
 
 
 def read_output(path: Path | str) -> pa.Table:
     """Every committed shard of an output folder (or one Parquet file), in listing order."""
     path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path} does not exist; give a `backlog score` output folder or a Parquet file")
     files = sorted(path.glob("shard-*.parquet")) if path.is_dir() else [path]
     if not files:
         raise ValueError(f"{path} holds no shard-*.parquet file")

@@ -1,23 +1,29 @@
-"""One typed config for a backlog scoring run; every default is visible here (and in --help)."""
+"""One typed config for a backlog scoring run; every default is visible here (and in --help).
+
+Light on purpose: `python -m backlog --help` imports this, so torch and promptclip are imported
+only when a run starts (`model_spec`).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from promptclip import EMBEDDED, EMBEDDED_ARCH, ModelSpec
+if TYPE_CHECKING:
+    from promptclip import ModelSpec
 
 ENGINES = ("local", "ray")
+EMBEDDED, EMBEDDED_ARCH = "embedded", "tiny-clip"  # promptclip.EMBEDDED / EMBEDDED_ARCH (a test holds them equal)
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     input: Path  # image directory (recursive), Parquet file or folder (image bytes or paths), or a list file
     out: Path  # output Parquet dataset: a folder of shard-NNNNN.parquet files plus _backlog.json
-    domain: str  # bundle domain every image is scored against (required until the router lands, issue 13)
+    domain: str  # bundle domain every image is scored against (no routing: one domain per run)
     store: Path = Path("prompts_store")  # bundle store root; the domain's CURRENT version is used
     engine: str = "local"  # local | ray
     model: str = EMBEDDED_ARCH  # open_clip architecture or JSON config path (as MODERATION_MODEL)
@@ -29,7 +35,9 @@ class ScoreConfig:
     decode_workers: int = 2  # threads reading + decoding + preprocessing images (per local run / Ray actor)
     shard_size: int = 1000  # images per output shard: the unit of resume
     threads: int = 0  # torch intra-op threads; 0 = auto (see torch_threads)
-    max_image_pixels: int = 40_000_000  # width x height from the header; larger images become error rows
+    max_image_bytes: int = 10 * MIB  # larger files become error rows, image_too_large (as MODERATION_MAX_IMAGE_BYTES)
+    max_image_pixels: int = 40_000_000  # width x height from the header; larger: too_many_pixels (MAX_IMAGE_PIXELS)
+    min_image_side: int = 8  # a side under this: degenerate_image (as MODERATION_MIN_IMAGE_SIDE)
     review_out_of_scope: bool = False  # out-of-scope images go to review (MODERATION_REVIEW_OUT_OF_SCOPE)
     image_column: str | None = None  # Parquet input: column of image bytes or paths (None: auto-detect)
     id_column: str | None = None  # Parquet input: column of ids (None: "id" if present, else path or file#row)
@@ -41,11 +49,16 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        for name in ("batch_size", "decode_workers", "shard_size", "max_image_pixels"):
+        for name in ("batch_size", "decode_workers", "shard_size", "max_image_bytes", "max_image_pixels",
+                     "min_image_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.domain:
-            raise ValueError("a domain is required (--domain D): auto-routing is not available yet")
+            raise ValueError("a domain is required (--domain D): every image of a run is scored against it")
+        if self.domain == "auto":
+            raise ValueError("--domain auto is not supported by the backlog: it has no domain router. Score each "
+                             "domain's images in their own run (--domain D), or send images without a domain to "
+                             "the service's /classify, which routes them")
 
     def torch_threads(self, device: str) -> int:
         """Torch threads to set; 0 leaves torch's default.
@@ -61,6 +74,10 @@ class ScoreConfig:
 
     def model_spec(self, device: str | None = None) -> ModelSpec:
         """The CLIP to load, resolving auto device / precision on this process's hardware."""
+        import torch
+
+        from promptclip import ModelSpec
+
         dev = device or self.device
         if dev == "auto":
             dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -3,17 +3,23 @@
 The listing is the contract between the engines: both score the same items, in the same
 shards, and read each item's bytes through `read_bytes`. Items are small references (a path,
 or a Parquet file + row group + row), never image bytes, so a listing of millions fits in memory.
+
+A folder lists every file in it, whatever its suffix: a PDF, a text file or a TIFF gets a row
+with the error code `/classify` would answer for it, never a silent skip. Only hidden files
+(names starting with "."), such as `.DS_Store`, are left out, and the log says how many.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
+log = logging.getLogger(__name__)
+
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 IMAGE_COLUMNS = ("image", "bytes", "image_bytes", "content", "data")  # auto-detected, in this order
 PATH_COLUMNS = ("path", "image_path", "file", "filename", "uri")
@@ -41,16 +47,30 @@ def list_inputs(source: Path | str, *, image_column: str | None = None, id_colum
         parquets = sorted(p for p in source.rglob("*") if p.suffix.lower() in PARQUET_SUFFIXES and p.is_file())
         if parquets:
             return _number(_parquet_refs(parquets, image_column, id_column))
-        images = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not images:
-            raise ValueError(f"{source} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}) and no Parquet file")
-        return _number((p.relative_to(source).as_posix(), str(p), -1, -1, "") for p in images)
+        files = _folder_files(source)
+        if not files:
+            raise ValueError(f"{source} holds no file to score (an image folder, searched recursively, or "
+                             "Parquet files)")
+        return _number((p.relative_to(source).as_posix(), str(p), -1, -1, "") for p in files)
     if source.suffix.lower() in PARQUET_SUFFIXES and source.is_file():
         return _number(_parquet_refs([source], image_column, id_column))
     if source.is_file():
         return _number(_list_file(source))
     raise ValueError(f"--input {source} does not exist; give an image folder, a Parquet file or folder, "
                      "or a text file listing one image path per line")
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """Every regular file under `root` (sorted), hidden files and folders left out with a log line."""
+    files, hidden = [], 0
+    for p in root.rglob("*"):
+        if any(part.startswith(".") for part in p.relative_to(root).parts):
+            hidden += p.is_file()
+        elif p.is_file():
+            files.append(p)
+    if hidden:
+        log.info("%s: %d hidden files (names starting with '.') left out", root, hidden)
+    return sorted(files)
 
 
 def _number(refs) -> list[Item]:
@@ -127,8 +147,7 @@ def read_bytes(items: Sequence[Item]) -> list[bytes | Exception]:
         except Exception as e:  # noqa: BLE001 - one unreadable row group fails its items, not the run
             for k in ks:
                 out[k] = e
-    return [b if isinstance(b, Exception) or b is not None else ValueError("no image bytes in this row")
-            for b in out]
+    return [b if b is not None else b"" for b in out]  # a null cell is an empty image, as the service sees it
 
 
 def _row_group_column(path: str, rg: int, col: str) -> list:

@@ -4,6 +4,9 @@ A shard file appears only when all of its rows are written (temporary name, then
 after an interruption a rerun trusts every shard file it finds and scores the rest. The run
 description pins what the rows depend on (listing, shard size, domain, bundle version, model):
 resuming into an output made with anything else is refused rather than mixing two runs.
+
+An error row's `error` reads "code: message" and its `error_code` column holds the code alone:
+the stable code `/classify` answers for the same bytes (`unsupported_format`, `empty_image`, ...).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,24 @@ RUN_FILE = "_backlog.json"
 SHARD = re.compile(r"^shard-(\d{5,})\.parquet$")
 PINNED = ("fingerprint", "items", "shard_size", "domain", "bundle_version", "bundle_sha256", "model",
           "pretrained", "review_out_of_scope")  # a resume must agree on all of these
+
+
+ERROR_CODE = "error_code"
+
+
+def error_text(code: str, message: str) -> str:
+    """An error row's `error` value: the service's stable code, then its message."""
+    return f"{code}: {message}"
+
+
+def with_error_codes(table: pa.Table) -> pa.Table:
+    """`table` with an `error_code` column right after `error` (null on scored rows)."""
+    if ERROR_CODE in table.column_names:
+        return table
+    errors = table.column("error")
+    codes = pc.if_else(pc.is_null(errors), pa.scalar(None, pa.string()),
+                       pc.list_element(pc.split_pattern(pc.fill_null(errors, ""), ": ", max_splits=1), 0))
+    return table.add_column(table.column_names.index("error") + 1, ERROR_CODE, codes)
 
 
 def shard_name(shard: int) -> str:
@@ -64,7 +86,7 @@ class OutputDir:
         """Write one shard's rows atomically (sorted by listing index)."""
         path = self.path / shard_name(shard)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(table.sort_by("index"), tmp)
+        pq.write_table(with_error_codes(table).sort_by("index"), tmp)
         os.replace(tmp, path)
         log.debug("committed %s (%d rows)", path, table.num_rows)
         return path

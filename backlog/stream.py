@@ -13,18 +13,45 @@ from itertools import islice
 
 from torch import Tensor
 
+from promptclip.images import ACCEPTED, UNDECODABLE, ImageRejected, decode_rgb
+
 from .inputs import Item, read_bytes
+from .output import error_text
 from .scorer import Outcome, Scorer
+
+UNREADABLE = "unreadable_input"  # the file or Parquet row could not be read (no HTTP twin: the service reads no files)
+
+
+def pixels(scorer: Scorer, data: bytes) -> Tensor:
+    """(3, H, W) model input through the service's decode and limits; ImageRejected says why not."""
+    cfg = scorer.cfg
+    img = decode_rgb(data, cfg.max_image_pixels, max_bytes=cfg.max_image_bytes, min_side=cfg.min_image_side)
+    try:
+        return scorer.clip.preprocess(img)
+    except Exception:  # noqa: BLE001 - as the service answers it
+        raise ImageRejected(UNDECODABLE, "the image could not be preprocessed") from None
+
+
+def unreadable(item: Item, error: Exception) -> str:
+    """The error row text of an item whose bytes could not be read (a missing file, a bad Parquet row group)."""
+    what = f"{error.strerror or error}" if isinstance(error, OSError) else f"{error}"
+    return error_text(UNREADABLE, f"cannot read {item.id}: {what}")
 
 
 def _prepare(scorer: Scorer, chunk: list[Item]) -> list[Tensor | str]:
-    """In a decode worker: read and preprocess a chunk; a bad image becomes its error message."""
+    """In a decode worker: read and preprocess a chunk; a bad image becomes its error text,
+    "code: message" with the code and message `/classify` answers for the same bytes."""
     out: list[Tensor | str] = []
-    for data in read_bytes(chunk):
+    for it, data in zip(chunk, read_bytes(chunk), strict=True):
+        if isinstance(data, Exception):
+            out.append(unreadable(it, data))
+            continue
         try:
-            out.append(scorer.pixels(data))
-        except Exception as e:  # noqa: BLE001 - whatever a hostile file raises, it fails alone
-            out.append(f"{type(e).__name__}: {e}")
+            out.append(pixels(scorer, data))
+        except ImageRejected as e:
+            out.append(error_text(e.code, e.message))
+        except Exception:  # noqa: BLE001 - whatever a hostile file raises, it fails alone
+            out.append(error_text(UNDECODABLE, f"not a decodable image; send {ACCEPTED}"))
     return out
 
 

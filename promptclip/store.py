@@ -2,7 +2,9 @@
 
 Publishing writes the bundle under a temporary name, fsyncs, renames it into place, and only
 then atomically replaces CURRENT. A crash at any point leaves CURRENT naming a complete file.
-Older versions stay on disk, so a rollback only rewrites CURRENT. The domain router lives beside
+Older versions stay on disk, so a rollback only rewrites CURRENT. Published files are mode 0644
+(folders 0755) whatever the umask or the writer's default (safetensors writes 0600), so a service
+running as another user (the container's uid 10001) can read them. The domain router lives beside
 the domains as ``<root>/_router/<version>.safetensors`` plus ``_router/CURRENT`` (promptclip.router),
 published the same way; ``_router`` is no valid domain name, so `domains()` never lists it.
 """
@@ -22,6 +24,7 @@ from .router import ROUTER_DIR, DomainRouter, load_router, save_router
 log = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
+FILE_MODE, DIR_MODE = 0o644, 0o755  # published files: readable by the service user
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -47,6 +50,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -56,12 +60,16 @@ def _publish_file(final: Path, write, verify, make_current: bool) -> Path:
     rename it into place, then replace CURRENT: nothing the loader would refuse appears beside it."""
     if final.exists():
         raise FileExistsError(f"{final} already exists; versions are immutable, publish a new one")
+    created = not final.parent.is_dir()
     final.parent.mkdir(parents=True, exist_ok=True)
+    if created:
+        os.chmod(final.parent, DIR_MODE)
     scratch = final.parent / f".publish-{os.getpid()}-{final.stem}"
     scratch.mkdir(exist_ok=True)
     tmp = scratch / final.name
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         verify(tmp)
@@ -159,6 +167,9 @@ class PromptStore:
 
     def rollback(self, domain: str, version: str, base: BaseModelInfo | None = None) -> Path:
         """Point CURRENT at an existing, valid version."""
+        known = self.domains()
+        if domain not in known:
+            raise FileNotFoundError(f"unknown domain {domain!r} in store {self.root}; known domains: {known}")
         path = self.path(domain, version)
         if not path.is_file():
             raise FileNotFoundError(f"{domain} has no version {version!r}; available: {self.versions(domain)}")

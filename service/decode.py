@@ -9,70 +9,30 @@ Runs in a thread pool (`ImageDecoder.decode`), never on the event loop.
 from __future__ import annotations
 
 import asyncio
-import io
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
-from promptclip.images import first_frame_rgb
+from promptclip.images import ACCEPTED, ACCEPTED_FORMATS, ImageRejected, decode_rgb
 
 from .errors import ApiError
 
-SUPPORTED = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WebP", "GIF": "GIF", "BMP": "BMP"}
-ACCEPTED = "JPEG, PNG, WebP, GIF (first frame), BMP"
-# Formats we recognise but do not serve: a 415 says so rather than "undecodable".
-_OTHER_MAGIC = {b"%PDF": "PDF", b"<svg": "SVG", b"<?xm": "XML/SVG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-                b"\x00\x00\x01\x00": "ICO", b"8BPS": "PSD"}
-
-
-def _too_large_bytes(n: int, limit: int) -> ApiError:
-    return ApiError(413, "image_too_large", f"image is {n} bytes; the limit is {limit} bytes")
-
-
-def _sniff_other(data: bytes) -> str | None:
-    head = data[:4]
-    if head in _OTHER_MAGIC:
-        return _OTHER_MAGIC[head]
-    if data[4:8] == b"ftyp":
-        return data[8:12].decode("latin-1").strip() or "ISO-BMFF"  # heic, avif, mp4 ...
-    return None
+SUPPORTED = ACCEPTED_FORMATS  # the one accepted-format list (promptclip.images), shared with the backlog
+__all__ = ["ACCEPTED", "SUPPORTED", "ImageDecoder", "decode_image"]
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, min_side: int = 1) -> Image.Image:
-    """Bytes -> RGB PIL image, or ApiError (400, 413, 415) saying what was wrong and what is accepted."""
-    if len(data) > max_bytes:
-        raise _too_large_bytes(len(data), max_bytes)
-    if not data:
-        raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
+    """Bytes -> RGB PIL image, or ApiError (400, 413, 415) saying what was wrong and what is accepted.
+
+    The decode and its error codes are promptclip.images.decode_rgb's, shared with training and
+    the backlog; this only turns a refusal into the HTTP error.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
-    except UnidentifiedImageError:
-        other = _sniff_other(data)
-        if other:
-            raise ApiError(415, "unsupported_format", f"{other} images are not supported; send {ACCEPTED}") from None
-        raise ApiError(400, "undecodable_image", f"not a decodable image; send {ACCEPTED}") from None
-    except Image.DecompressionBombError:
-        raise ApiError(413, "too_many_pixels", f"image has too many pixels (limit {max_pixels})") from None
-    except Exception:  # PIL raises many types on hostile headers
-        raise ApiError(400, "undecodable_image", f"could not read the image header; send {ACCEPTED}") from None
-    if img.format not in SUPPORTED:
-        raise ApiError(415, "unsupported_format", f"{img.format} images are not supported; send {ACCEPTED}")
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ApiError(413, "too_many_pixels", f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}")
-    if min(w, h) < min_side:
-        raise ApiError(400, "degenerate_image", f"image is {w}x{h}; each side must be at least {min_side} pixels")
-    try:
-        return first_frame_rgb(img)  # the same decode the offline scorers use
-    except Image.DecompressionBombError:
-        raise ApiError(413, "too_many_pixels", f"image has too many pixels (limit {max_pixels})") from None
-    except Exception:
-        raise ApiError(400, "undecodable_image", f"{SUPPORTED[img.format]} data is truncated or corrupt") from None
+        return decode_rgb(data, max_pixels, max_bytes=max_bytes, min_side=min_side)
+    except ImageRejected as e:
+        raise ApiError(e.status, e.code, e.message) from None
 
 
 class ImageDecoder:

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from promptclip import Label, check_task_name
+from promptclip.images import ACCEPTED, ACCEPTED_SUFFIXES, load_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_EXTS = set(ACCEPTED_SUFFIXES)  # the formats the service accepts: calibrate on pixels it would see
 DEFAULT_PROMPT = "a photo of a {}."
 
 
@@ -109,7 +109,11 @@ def load_tasks(data: Path | str, split_seed: int = 1234, test_frac: float = 0.5,
             raise ValueError(f"{folder} needs >= 2 label folders, found {label_names}")
         dom = DomainData(check_task_name(dname.lower()), _read_labels(folder, label_names))
         for li, lname in enumerate(label_names):
-            files = sorted(p for p in (folder / lname).iterdir() if p.suffix.lower() in IMAGE_EXTS)
+            entries = [p for p in (folder / lname).iterdir() if p.is_file() and not p.name.startswith(".")]
+            files = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTS)
+            if len(files) < len(entries):
+                log.warning("%s/%s: %d files left out, not %s (the formats the service accepts)", dname, lname,
+                            len(entries) - len(files), ACCEPTED)
             random.Random(f"split:{split_seed}:{dname}:{lname}").shuffle(files)
             n_test = max(1, round(test_frac * len(files)))
             n_val = round(val_frac * len(files)) if val_frac > 0 else val_per_class
@@ -138,8 +142,7 @@ class ImageCache:
         for p in paths:
             t = self._cache.get(p)
             if t is None:
-                with Image.open(p) as im:
-                    t = self.preprocess(im.convert("RGB"))
+                t = self.preprocess(load_rgb(p))  # the service's decode: EXIF, alpha on white, 16-bit
                 if cache:
                     self._cache[p] = t
             out.append(t)

@@ -110,7 +110,9 @@ def test_rerun_after_interruption_skips_committed_shards(tmp_path, images, score
     assert result.shards_skipped == len(first)
     assert result.scored == len(files) - 5 * len(first)  # only uncommitted shards were scored
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet") if p.name in first} == first
-    assert compare_tables(reference, read_output(out), atol=0.0)["identical"]
+    # the rerun's model batches start at a shard boundary, not the reference's: float rounding only
+    report = compare_tables(reference, read_output(out), atol=1e-5)
+    assert report["identical"] and report["decisions_differ"] == 0, str(report)
     again = score_local(config(root, out, STORE), scorer)
     assert again.scored == 0 and again.shards_skipped == again.shards
 
