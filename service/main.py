@@ -16,13 +16,14 @@ from fastapi import FastAPI
 from PIL import Image
 
 from promptclip import ClipLoadError, ModelSpec, PromptedCLIP, load_clip
+from review import OFF, ReviewStore, ReviewWriter
 
 from .decode import ImageDecoder
 from .engine import BatchingEngine
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .registry import BundleRegistry
-from .routers import admin, classify, domains, health, metrics, moderations
+from .routers import admin, classify, domains, health, metrics, moderations, review
 from .routing import DomainRouting
 from .settings import Settings, get_settings
 from .state import ServiceState
@@ -101,6 +102,7 @@ async def _startup(st: ServiceState) -> None:
         Image.new("RGB", (64, 48), (120, 80, 40)).save(buf, "JPEG")
         await st.decoder.decode(buf.getvalue())
         await engine.warmup(snapshot, st.clip.info.image_size)
+    _start_review(st)
     st.engine = engine
     st.metrics.set_bundles(snapshot)
     st.metrics.reloads.labels("ok" if report.ok else "refused").inc()
@@ -108,6 +110,23 @@ async def _startup(st: ServiceState) -> None:
     st.metrics.ready.set(1)
     log.info("ready: %d domain(s) %s on %s", len(snapshot.domains),
              {d: e.version for d, e in sorted(snapshot.domains.items())}, spec.device)
+
+
+def _start_review(st: ServiceState) -> None:
+    """The review store and its writer thread. Nothing here touches the database: the writer migrates
+    the schema on its thread (and retries while the store is down), so a dead store never stops startup."""
+    s = st.settings
+    if s.review_db == OFF:
+        log.info("review queue off (MODERATION_REVIEW_DB=off)")
+        return
+    st.review_store = ReviewStore(s.review_db, claim_s=s.review_claim_s, retention_days=s.review_retention_days,
+                                  undo_s=s.review_undo_s)
+    m = st.metrics
+    st.review_writer = ReviewWriter(st.review_store, max_queue=s.review_queue,
+                                    on_enqueued=lambda reason, n: m.review_enqueued.labels(reason).inc(n),
+                                    on_dropped=m.review_dropped.inc, on_pending=m.review_pending.set)
+    st.review_writer.start()
+    log.info("review queue: %s (audit rate %g)", st.review_store.engine.url.render_as_string(), s.review_audit_rate)
 
 
 async def _poll_store(st: ServiceState) -> None:
@@ -132,6 +151,9 @@ async def _shutdown(st: ServiceState) -> None:
         await st.engine.stop()
     if st.decoder is not None:
         st.decoder.close()
+    if st.review_writer is not None:  # answers already given still reach the store
+        await asyncio.to_thread(st.review_writer.stop)
+        st.review_store.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -162,7 +184,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
-    for r in (classify.router, moderations.router, domains.router, admin.router, health.router, metrics.router):
+    for r in (classify.router, moderations.router, domains.router, admin.router, health.router, metrics.router,
+              review.router):
         app.include_router(r)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

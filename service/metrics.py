@@ -38,6 +38,12 @@ class ServiceMetrics:
         self.bundle_generation = Gauge("moderation_bundle_generation", "Snapshot generation", registry=r)
         self.reloads = Counter("moderation_reloads", "Store reloads by outcome", ["outcome"], registry=r)
         self.ready = Gauge("moderation_ready", "1 when /readyz answers 200", registry=r)
+        self.review_enqueued = Counter("moderation_review_enqueued", "Answers written to the review queue, by reason",
+                                       ["reason"], registry=r)
+        self.review_dropped = Counter("moderation_review_dropped", "Answers for review that were not queued (queue "
+                                      "full or review store down)", registry=r)
+        self.review_pending = Gauge("moderation_review_pending", "Review items without a verdict (all domains)",
+                                    registry=r)
 
     def observe_batch(self, size: int, depth: int) -> None:
         self.batch_size.observe(size)

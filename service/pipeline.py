@@ -3,14 +3,23 @@
 /classify, /classify/batch and /v1/moderations all call `classify_items`, so they answer alike:
 an item is decoded (its domain checked first), items without a domain are routed together, and
 every item is queued in one step so that they land in the same micro-batch.
+
+Each answer is also considered for the review queue (DESIGN §13) where it is built (`_answer`):
+out of scope (when MODERATION_REVIEW_OUT_OF_SCOPE is on), needs_review, or a random audit share
+of the others. The answer gets its `review_id` here; the write itself is handed to the review
+writer's bounded queue (review.ReviewWriter) and never waits for or fails on the store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from review import NewItem
 
 from .errors import ApiError
 from .inputs import check_domain, lookup
@@ -27,11 +36,28 @@ def requested_domain(value: Any) -> str | None:
 
 @dataclass
 class Item:
-    """One image of a request: its bytes and domain (None: route it), or the error it already failed with."""
+    """One image of a request: its bytes and domain (None: route it), or the error it already failed with.
+
+    `content_type` is what the review queue stores with the bytes; None: sniffed from the bytes."""
 
     data: bytes | None = None
     domain: str | None = None
     error: ApiError | None = None
+    content_type: str | None = None
+
+
+_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
+          (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
+
+
+def sniff_content_type(data: bytes) -> str:
+    """The exact image type of bytes the decoder accepted (JPEG, PNG, WebP, GIF, BMP)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    return "application/octet-stream"
 
 
 async def classify_items(state: ServiceState, snapshot: Snapshot, items: list[Item], t0: float) -> list[Any]:
@@ -64,7 +90,7 @@ async def classify_items(state: ServiceState, snapshot: Snapshot, items: list[It
         if isinstance(d, ApiError):
             return d
         try:
-            return await _answer(state, snapshot, d[0], d[1], routing.get(i), t0)
+            return await _answer(state, snapshot, d[0], d[1], routing.get(i), t0, items[i])
         except ApiError as e:
             return e
 
@@ -72,12 +98,11 @@ async def classify_items(state: ServiceState, snapshot: Snapshot, items: list[It
 
 
 async def _answer(state: ServiceState, snapshot: Snapshot, entry: DomainEntry, pixels, routing: dict | None,
-                  t0: float) -> dict:
+                  t0: float, item: Item) -> dict:
     s = state.settings
     row = await state.engine.classify(pixels, entry, snapshot)
-    result = build_result(entry, row, model=state.model_name, review_margin=s.review_margin,
-                          review_out_of_scope=s.review_out_of_scope,
-                          latency_ms=(time.perf_counter() - t0) * 1000.0, routing=routing)
+    result = build_result(entry, row, model=state.model_name, latency_ms=(time.perf_counter() - t0) * 1000.0,
+                          routing=routing)
     m = state.metrics
     m.images.labels(entry.domain).inc()
     if result["flagged"]:
@@ -87,4 +112,22 @@ async def _answer(state: ServiceState, snapshot: Snapshot, entry: DomainEntry, p
             "routed_low_confidence": bool(routing and routing["low_confidence"])}
     for name in (k for k, v in seen.items() if v):
         m.decisions.labels(entry.domain, name).inc()
+    if state.review_writer is not None:
+        reason = review_reason(result, s.review_out_of_scope, s.review_audit_rate)
+        if reason is not None:
+            result["review_id"] = rid = str(uuid.uuid4())
+            state.review_writer.submit(NewItem(
+                id=rid, image=item.data, content_type=item.content_type or sniff_content_type(item.data),
+                domain=entry.domain, version=entry.version, reason=reason, answer=result, created_at=time.time()))
     return result
+
+
+def review_reason(answer: dict, review_out_of_scope: bool, audit_rate: float) -> str | None:
+    """Why an answer goes to the review queue (out_of_scope, needs_review, audit), or None."""
+    if answer["out_of_scope"] and review_out_of_scope:
+        return "out_of_scope"
+    if answer["needs_review"]:
+        return "needs_review"
+    if audit_rate > 0 and random.random() < audit_rate:
+        return "audit"
+    return None

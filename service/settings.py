@@ -50,7 +50,21 @@ class Settings(BaseSettings):
     # --- decisions
     review_margin: float = Field(0.1, ge=0, le=1, description="legacy bundles only: needs_review band below "
                                                                  "each unsafe threshold")
-    review_out_of_scope: bool = Field(False, description="send out-of-scope images to review (needs_review)")
+    review_out_of_scope: bool = Field(False, description="send out-of-scope images to review (needs_review; "
+                                                          "queued with reason out_of_scope)")
+    # --- review loop (DESIGN §13, review/)
+    review_db: str = Field("sqlite:///review.sqlite3", description="review store: sqlite:///PATH, "
+                                                                   "postgresql://..., or 'off'")
+    review_audit_rate: float = Field(0.01, ge=0, le=1, description="share of answers not sent to review that "
+                                                                   "are queued as audits")
+    review_retention_days: float = Field(30.0, ge=0, description="image bytes are purged this long after "
+                                                                 "their verdict")
+    review_claim_s: float = Field(300.0, gt=0, description="how long a claimed item is held for its reviewer")
+    review_undo_s: float = Field(300.0, ge=0, description="a reviewer may withdraw a verdict this long after it")
+    review_queue: int = Field(1024, ge=1, description="answers waiting to be written to the review store; "
+                                                      "beyond this they are dropped (and counted)")
+    reviewer_token: SecretStr | None = Field(None, description="bearer token for /review/* data routes; unset "
+                                                               "disables them (403 review_disabled)")
     # --- store and lifecycle
     poll_interval_s: float = Field(0.0, ge=0, description="poll the store for new CURRENT versions; 0 = off")
     drain_delay_s: float = Field(0.0, ge=0, description="after SIGTERM, /readyz is 503 this long before closing")
@@ -58,6 +72,16 @@ class Settings(BaseSettings):
     warmup: bool = True
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
     access_log: bool = True
+
+    @field_validator("review_db")
+    @classmethod
+    def _review_url(cls, v: str) -> str:
+        v = v.strip()
+        if v.lower() in ("off", "none", ""):
+            return "off"
+        if not v.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError(f"MODERATION_REVIEW_DB must be sqlite:///PATH, postgresql://... or 'off', not {v!r}")
+        return v
 
     @field_validator("pretrained", mode="before")
     @classmethod

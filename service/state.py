@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from promptclip import LoadedCLIP, PromptedCLIP
+from review import ReviewStore, ReviewWriter
 
 from .decode import ImageDecoder
 from .engine import BatchingEngine
@@ -29,6 +30,8 @@ class ServiceState:
     engine: BatchingEngine | None = None
     decoder: ImageDecoder | None = None
     routing: DomainRouting | None = None  # images sent without a domain
+    review_store: ReviewStore | None = None  # MODERATION_REVIEW_DB; None when 'off'
+    review_writer: ReviewWriter | None = None  # answers for review leave the request path here
     ready: bool = False  # model + bundles loaded and warmed up
     draining: bool = False  # SIGTERM received: /readyz 503, in-flight work finishing
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
