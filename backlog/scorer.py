@@ -1,7 +1,7 @@
 """CLIP + one domain's bundle, loaded once: encoded images -> decisions -> output rows.
 
 Both engines score through a `Scorer` (the local engine holds one; each Ray actor holds one),
-and every decision comes from `promptclip.decide`, the rule the service uses: the image tower
+and every decision comes from `promptclip.decide_batch`, the rule the service uses: the image tower
 runs with the bundle's vision prompts, `promptclip.score_batch` scores the features against the
 bank `promptclip.bundle_bank` built, exactly as `service/engine.py` does for a request.
 """
@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from promptclip import Banks, PromptedCLIP, PromptStore, bundle_bank, decide, load_clip, score_batch
+from promptclip import Banks, PromptedCLIP, PromptStore, bundle_bank, decide_batch, load_clip, score_batch
 from promptclip.images import decode_rgb
 
 from .config import ScoreConfig
@@ -24,7 +24,7 @@ from .inputs import Item
 
 log = logging.getLogger(__name__)
 
-Outcome = dict | str  # a decision (promptclip.decide) or the error message of an image that failed
+Outcome = dict | str  # a decision (promptclip.Decisions.answers) or the error message of an image that failed
 
 
 class Scorer:
@@ -57,13 +57,14 @@ class Scorer:
 
     @torch.inference_mode()
     def decide(self, pixels: Sequence[Tensor]) -> list[dict]:
-        """One decision per image of a batch (the service's `_forward`, then `decide`)."""
+        """One decision per image of a batch (the service's `_forward`)."""
         images = torch.stack(list(pixels)).to(self.device)  # (B, 3, H, W)
         prompts = self.prompts.expand(len(pixels), *self.prompts.shape)  # (B, depth, n, Wv)
-        feats = self.encoder.encode_image(images, prompts).float()  # (B, E), normalised
+        feats, taps = self.encoder.encode_image(images, prompts, taps=True)  # (B, E) normalised, (B, layers, Wv)
         rows = torch.zeros(len(pixels), dtype=torch.long, device=self.device)  # every image: this domain
-        scores = score_batch(feats, rows, self.banks, self.logit_scale).rows()
-        return [decide(r, self.rule, review_out_of_scope=self.cfg.review_out_of_scope) for r in scores]
+        scores = score_batch(feats, rows, self.banks, self.logit_scale, taps)
+        return decide_batch(scores, rows, self.banks, review_out_of_scope=self.cfg.review_out_of_scope).answers(
+            self.banks)
 
     def table(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> pa.Table:
         """Output rows of `items` (listing order kept) as a table of `self.schema`."""

@@ -17,7 +17,7 @@ from .bundle import (
     save_bundle,
     tensor_sha256,
 )
-from .decisions import Banks, BatchScores, DecisionRule, DomainBank, ScopeModel, decide, score_batch
+from .decisions import Banks, BatchScores, DecisionRule, Decisions, DomainBank, decide_batch, score_batch
 from .device_decode import (
     DeviceJpegPreprocessor,
     decode_jpeg_batch_gpu,
@@ -38,6 +38,7 @@ from .loading import (
 from .multitask import MultiTaskCLIP, encode_prompted_texts, label_embeddings, label_tokens
 from .prompted import PromptedCLIP, insert_placeholders, measure_stream_rms
 from .prompts import PromptConfig, TaskPrompts, check_task_name
+from .scope import GaussianSignal, ScopeModel
 from .store import PromptStore, version_key
 from .towers import SUPPORTED_TEXT, SUPPORTED_VISION
 
@@ -52,7 +53,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Banks", "BatchScores", "DecisionRule", "DomainBank", "ScopeModel", "bundle_bank", "decide",
+    "Banks", "BatchScores", "DecisionRule", "Decisions", "DomainBank", "GaussianSignal", "ScopeModel", "bundle_bank",
+    "decide_batch",
     "encode_prompted_texts", "label_embeddings", "score_batch",
     "DEFAULT_BUCKETS", "DEFAULT_TEMPLATE", "EMBEDDED", "EMBEDDED_ARCH", "SUPPORTED_TEXT", "SUPPORTED_VISION",
     "TENSOR_NAMES", "BaseModelInfo", "Bundle", "BundleError", "ClipLoadError", "DeviceJpegPreprocessor",

@@ -1,4 +1,4 @@
-"""A loaded bundle -> what scoring needs: its DomainBank (label, negative-label and scope tensors) and rule.
+"""A loaded bundle -> what scoring needs: its DomainBank (label and negative-label embeddings, scope model, rule).
 
 The service's registry and the backlog scorer both build domains through here, so a bundle is
 encoded the same way everywhere: labels and negatives through the bundle's own text prompts.
@@ -32,9 +32,13 @@ def bundle_bank(bundle: Bundle, encoder: PromptedCLIP, tokenizer: Callable,
     feats = encode_prompted_texts(encoder, tokens, text).float()  # (C + M, E), normalised
     if not torch.isfinite(feats).all():
         raise BundleError("shape", m.domain, "text features are not finite")
-    scope, scope_labels = bundle.scope_bank()
+    try:
+        scope = bundle.scope_model()
+        rule = DecisionRule.from_manifest(m.labels, m.decision)
+    except ValueError as e:
+        raise BundleError("manifest", m.domain, str(e)) from None
     c = len(m.labels)
     cache, weight = bundle.label_cache()
     labels = label_embeddings(feats[:c], None if cache is None else cache.to(device), weight)
-    bank = DomainBank.build(labels, feats[c:], scope, scope_labels)
-    return bank, DecisionRule.from_manifest(m.labels, m.decision)
+    bank = DomainBank(labels.float(), feats[c:].float(), None if scope is None else scope.to(device), rule)
+    return bank, rule

@@ -21,13 +21,19 @@ from torch import Tensor
 
 from .loading import LEGACY_FAMILY, BaseModelInfo
 from .prompts import PromptConfig, TaskPrompts, check_task_name
+from .scope import ScopeModel, scope_tensor_names
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: calibrated decisions (labels[].calibration, decision, negatives, scope.bank)
+# 2: calibrated decisions (labels[].calibration, decision, negatives); 3: a fitted scope model
+# (decision.scope.model + scope.<source>.* tensors) and the calibration split's features
+SCHEMA_VERSION = 3
+FITTED_SCOPE_SCHEMA = 3  # calibrated bundles older than this stored raw features the service had to fit
 TENSOR_NAMES = ("vision.group", "vision.private", "text.group", "text.private")
-OPTIONAL_TENSORS = ("scope.bank", "scope.labels",  # (K, embed_dim) calibration image features, fp16; (K,) labels
-                    "labels.cache")  # (C, embed_dim) class means of prompted shot features, fp16 (label cache)
+OPTIONAL_TENSORS = ("labels.cache",  # (C, embed_dim) class means of prompted shot features, fp16 (label cache)
+                    "calibration.features",  # (N, embed_dim) calibration images' embeddings, fp16 (recalibration)
+                    "calibration.labels",  # (N,) their label indices
+                    "calibration.scope")  # (N,) their cross-fitted scope scores
 DEFAULT_TEMPLATE = "{placeholders} {prompt}"  # placeholders: one slot per prompt token, right after SOT
 
 
@@ -113,12 +119,17 @@ class Bundle:
         """(depth_t, n_group + n_private, Wt)."""
         return torch.cat([self.tensors["text.group"], self.tensors["text.private"]], dim=1)
 
-    def scope_bank(self) -> tuple[Tensor, Tensor]:
-        """(K, E) in-domain calibration image features and their (K,) label indices (K = 0: none)."""
-        bank = self.tensors.get("scope.bank")
-        if bank is None:
-            return torch.zeros(0, self.manifest.base_model["embed_dim"]), torch.zeros(0, dtype=torch.long)
-        return bank, self.tensors["scope.labels"].long()
+    def scope_model(self) -> ScopeModel | None:
+        """The fitted scope model (`promptclip.scope`), None when the bundle has none (all in scope)."""
+        return ScopeModel.from_bundle(self.manifest.decision.get("scope", {}).get("model"), self.tensors)
+
+    def calibration(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The calibration split as exported: (N, E) embeddings, (N,) label indices, (N,) cross-fitted
+        scope scores; None when the bundle does not carry it."""
+        if "calibration.features" not in self.tensors:
+            return None
+        t = self.tensors
+        return t["calibration.features"], t["calibration.labels"].long(), t["calibration.scope"]
 
     def label_cache(self) -> tuple[Tensor | None, float]:
         """The (C, E) label cache and its blend weight (None, 0.0: text features alone)."""
@@ -194,8 +205,7 @@ def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
     path = Path(path)
     raw = read_manifest(path)
     manifest = Manifest.from_dict(raw, path)
-    if path.stem != manifest.version:
-        raise BundleError("stem", path, f"file stem {path.stem!r} differs from manifest version {manifest.version!r}")
+    check_stem(path, manifest.version)
     try:
         check_task_name(manifest.domain)
     except ValueError as e:
@@ -209,13 +219,17 @@ def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise BundleError("corrupt", path, f"unreadable tensors: {e}") from None
-    if not set(TENSOR_NAMES) <= set(tensors) <= set(TENSOR_NAMES + OPTIONAL_TENSORS):
+    if manifest.decision and manifest.schema_version < FITTED_SCOPE_SCHEMA:
+        raise BundleError("manifest", path, f"schema_version {manifest.schema_version} bundles keep raw scope "
+                                            "features instead of a fitted scope model; re-export it with "
+                                            "`python -m training export` (or `fit`)")
+    scope_names = scope_tensor_names(manifest.decision.get("scope", {}).get("model"))
+    allowed = set(TENSOR_NAMES + OPTIONAL_TENSORS) | set(scope_names)
+    if not set(TENSOR_NAMES) | set(scope_names) <= set(tensors) <= allowed:
         raise BundleError("shape", path, f"tensors {sorted(tensors)}, expected {sorted(TENSOR_NAMES)} "
+                                         f"plus its scope model's {sorted(scope_names)} "
                                          f"(optional: {list(OPTIONAL_TENSORS)})")
-    digest = tensor_sha256(tensors)
-    if digest != manifest.sha256:
-        raise BundleError("checksum", path, f"tensor sha256 {digest[:16]}... differs from manifest "
-                                            f"{manifest.sha256[:16]}...")
+    check_tensors(tensors, manifest.sha256, path)
     _check_shapes(tensors, manifest, path)
     return Bundle(manifest, {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in tensors.items()})
 
@@ -237,16 +251,48 @@ def _check_shapes(tensors: dict[str, Tensor], m: Manifest, path: Path) -> None:
         "text.private": (min(p["depth"], b["text_layers"]), p["private_tokens"], b["text_width"]),
     }
     bad = [f"{k} is {tuple(tensors[k].shape)}, expected {v}" for k, v in want.items() if tuple(tensors[k].shape) != v]
-    bank, bank_labels = tensors.get("scope.bank"), tensors.get("scope.labels")
-    if (bank is None) != (bank_labels is None):
-        bad.append("scope.bank and scope.labels come together")
-    elif bank is not None and (bank.dim() != 2 or bank.shape[1] != b["embed_dim"]
-                               or tuple(bank_labels.shape) != (bank.shape[0],)
-                               or bool(((bank_labels < 0) | (bank_labels >= len(m.labels))).any())):
-        bad.append(f"scope.bank {tuple(bank.shape)} / scope.labels {tuple(bank_labels.shape)} do not fit "
-                   f"(K, {b['embed_dim']}) / (K,) label indices")
+    cal = [tensors.get(f"calibration.{k}") for k in ("features", "labels", "scope")]
+    if any(t is None for t in cal) and not all(t is None for t in cal):
+        bad.append("calibration.features, calibration.labels and calibration.scope come together")
+    elif cal[0] is not None and (cal[0].dim() != 2 or cal[0].shape[1] != b["embed_dim"]
+                                 or tuple(cal[1].shape) != (cal[0].shape[0],) or tuple(cal[2].shape) != (cal[0].shape[0],)
+                                 or bool(((cal[1] < 0) | (cal[1] >= len(m.labels))).any())):
+        bad.append(f"calibration.features {tuple(cal[0].shape)} / labels {tuple(cal[1].shape)} / scope "
+                   f"{tuple(cal[2].shape)} do not fit (N, {b['embed_dim']}) / (N,) label indices / (N,)")
+    try:
+        model = ScopeModel.from_bundle(m.decision.get("scope", {}).get("model"), tensors)
+    except ValueError as e:
+        bad.append(str(e))
+    else:
+        for s in model.signals if model is not None else ():
+            want_dim = b["embed_dim"] if s.source == "final" else b["vision_width"]
+            if s.means.shape[1] != want_dim:
+                bad.append(f"scope signal {s.source} has dimension {s.means.shape[1]}, expected {want_dim}")
+            elif s.source != "final" and int(s.source[5:]) > b["vision_layers"]:
+                bad.append(f"scope signal {s.source}: the image tower has {b['vision_layers']} layers")
     cache = tensors.get("labels.cache")
     if cache is not None and tuple(cache.shape) != (len(m.labels), b["embed_dim"]):
         bad.append(f"labels.cache is {tuple(cache.shape)}, expected {(len(m.labels), b['embed_dim'])}")
     if bad:
         raise BundleError("shape", path, "; ".join(bad))
+
+
+def check_stem(path: Path, version: str) -> None:
+    """A published file's stem is its manifest version (bundles and routers alike)."""
+    if path.stem != version:
+        raise BundleError("stem", path, f"file stem {path.stem!r} differs from manifest version {version!r}")
+
+
+def check_tensors(tensors: dict[str, Tensor], sha256: str, path: Path | str) -> None:
+    """The validation every published artifact (bundle or router) gets: its checksum, then finite values.
+
+    A NaN passes the checksum (it is what was written) and then silently breaks decisions: a NaN
+    prompt makes every score NaN, a NaN scope parameter puts every image out of scope. Refused
+    (BundleError 'shape'), naming the tensors.
+    """
+    digest = tensor_sha256(tensors)
+    if digest != sha256:
+        raise BundleError("checksum", path, f"tensor sha256 {digest[:16]}... differs from manifest {sha256[:16]}...")
+    bad = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    if bad:
+        raise BundleError("shape", path, f"tensors {bad} hold NaN or Inf values")

@@ -1,7 +1,8 @@
 """Image features + a domain's text bank + its calibration -> scores, probabilities, decisions (DESIGN §11).
 
-The one place the decision rule lives: training's evaluation and export, the service and the
-backlog scorer all call it.
+The one place the decision rule lives, as batched tensor work over a micro-batch: training's
+evaluation, calibration and export, the service and the backlog scorer all call `score_batch`
+then `decide_batch`; per-row Python only turns the batch's results into JSON (`Decisions.answers`).
 
 Per image of a domain with C labels:
 
@@ -10,11 +11,9 @@ Per image of a domain with C labels:
 * ``softmax``: the closed-set softmax of ``logit_scale * score`` over the labels;
 * ``probability``: calibrated one-vs-rest: ``sigmoid(a * z + b)`` per label, where ``z`` is the
   log-probability of the label in a softmax over the labels *and* the domain's negative labels
-  (NegLabel), so that an image none of the labels describe puts its mass on the negatives;
-* ``scope_score``: minus the Mahalanobis distance (squared, per dimension) of the image feature
-  to the nearest class mean of the domain's calibration images (the bundle's ``scope.bank`` and
-  ``scope.labels``), with one Ledoit-Wolf shrunk covariance shared by the classes: an
-  in-distribution score fitted without OOD data (Lee et al., 2018);
+  (NegLabel), or over the labels alone (`PLATT_INPUTS`);
+* ``scope_score``: the domain's fitted scope model (`promptclip.scope`: Gaussian scores of the
+  image tower's layer features and of the embedding, fitted on in-domain images only);
 * ``label_mass``: the probability mass the labels keep against the negatives (NegLabel's score).
 
 Rule: out of scope when ``scope_score`` or ``label_mass`` is below its cut. ``flagged`` = in scope
@@ -38,9 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .scope import ScopeModel
+
 NEG_INF = float("-inf")
 TINY = 1e-30  # floor of a closed-set probability before its log (float32 softmax underflows to 0)
-# Platt's input z per probability basis: the BatchScores field (and row key) it reads. `neglabel`:
+# Platt's input z per probability basis: the BatchScores field it reads. `neglabel`:
 # log-probability among the labels and the negative labels (an image no label describes leaves
 # its mass on the negatives); `closed_set`: among the labels alone (export picks it where the
 # negatives swallow the unsafe images' mass, e.g. styles the frozen CLIP reads poorly).
@@ -50,54 +51,13 @@ PROBABILITY_BASES = tuple(PLATT_INPUTS)
 
 # ------------------------------------------------------------------------------------------ banks
 @dataclass(frozen=True)
-class ScopeModel:
-    """Class means and a shared whitening of a domain's calibration features: d^2 = |W f - W mu_c|^2."""
-
-    whiten: Tensor  # (E, E)
-    means: Tensor  # (C', E) whitened class means
-
-    @classmethod
-    def fit(cls, feats: Tensor, labels: Tensor) -> ScopeModel | None:
-        """Ledoit-Wolf shrunk covariance of the class-centred features (None without enough rows)."""
-        classes = labels.unique()
-        if len(feats) < 2 * len(classes) or len(classes) == 0:
-            return None
-        x = feats.double()
-        means = torch.stack([x[labels == c].mean(0) for c in classes])  # (C', E)
-        centred = x - means[torch.searchsorted(classes, labels)]
-        n, p = centred.shape
-        cov = centred.T @ centred / n
-        mu = cov.diagonal().mean()
-        d2 = ((cov - mu * torch.eye(p, dtype=x.dtype)) ** 2).sum()
-        b2 = ((centred ** 2).sum(1) ** 2).sum() / n ** 2 - (cov ** 2).sum() / n
-        shrink = float(min(b2, d2) / d2) if d2 > 0 else 1.0
-        cov = (1 - shrink) * cov + shrink * mu * torch.eye(p, dtype=x.dtype)
-        evals, evecs = torch.linalg.eigh(cov)
-        whiten = (evecs / evals.clamp(min=1e-12).sqrt()).T  # (E, E): W cov W^T = I
-        return cls(whiten.float(), (means @ whiten.T).float())
-
-    def score(self, feats: Tensor) -> Tensor:
-        """(N,) minus the squared whitened distance to the nearest class mean, per dimension."""
-        g = feats.float() @ self.whiten.to(feats.device).T  # (N, E)
-        d2 = torch.cdist(g, self.means.to(feats.device)).pow(2).min(1).values
-        return -d2 / g.shape[1]
-
-
-@dataclass(frozen=True)
 class DomainBank:
-    """One domain's reference tensors, built once per bundle load."""
+    """One domain's reference tensors and rule, built once per bundle load."""
 
     labels: Tensor  # (C, E) label embeddings: prompts through the text prompts, blended with the label cache
     negatives: Tensor  # (M, E) normalised negative label embeddings, the same prompts; M may be 0
-    scope: ScopeModel | None  # fitted on the calibration features; None: always in scope
-
-    @classmethod
-    def build(cls, labels: Tensor, negatives: Tensor, scope_feats: Tensor, scope_labels: Tensor) -> DomainBank:
-        """Fit the scope model on (K, E) calibration features and their (K,) label indices (K may be 0)."""
-        model = ScopeModel.fit(scope_feats.float().cpu(), scope_labels.cpu())
-        if model is not None:
-            model = ScopeModel(model.whiten.to(labels.device), model.means.to(labels.device))
-        return cls(labels.float(), negatives.float(), model)
+    scope: ScopeModel | None  # fitted at export (promptclip.scope); None: always in scope
+    rule: DecisionRule | None = None  # None: uncalibrated (closed-set softmax, threshold 0.5 from the labels)
 
 
 def _pad(rows: Sequence[Tensor], dim: int, device) -> tuple[Tensor, Tensor]:
@@ -111,28 +71,30 @@ def _pad(rows: Sequence[Tensor], dim: int, device) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class Banks:
-    """Every served domain's banks: label embeddings padded so that a mixed batch is scored at once."""
+    """Every served domain's banks and rules, padded so that a mixed batch is scored and decided at once."""
 
     labels: Tensor  # (T, Cmax, E)
     label_counts: Tensor  # (T,)
-    domains: tuple[DomainBank, ...]  # negatives and scope model per domain, by row
+    domains: tuple[DomainBank, ...]  # negatives, scope model and rule per domain, by row
+    rules: RuleBank  # the rules as padded tensors
 
     @classmethod
     def stack(cls, banks: Sequence[DomainBank], device=None) -> Banks:
         device = device or banks[0].labels.device
         lab, lc = _pad([b.labels for b in banks], banks[0].labels.shape[1], device)
-        return cls(lab, lc, tuple(banks))
+        rules = [b.rule or DecisionRule.uncalibrated(b.labels.shape[0]) for b in banks]
+        return cls(lab, lc, tuple(banks), RuleBank.stack(rules, lab.shape[1], device))
 
 
 @dataclass
 class BatchScores:
     """Raw scores of a batch, each row scored against its own domain (padded columns are invalid)."""
 
-    cosine: Tensor  # (B, Cmax)
+    cosine: Tensor  # (B, Cmax), 0 on padding
     softmax: Tensor  # (B, Cmax) closed-set, 0 on padding
     label_logp: Tensor  # (B, Cmax) log-probability over labels + negatives, -inf on padding
     label_mass: Tensor  # (B,) probability mass on the labels against the negatives (1 without negatives)
-    scope: Tensor  # (B,) scope score under the domain's ScopeModel (+inf without a scope bank)
+    scope: Tensor  # (B,) scope score under the domain's ScopeModel (+inf without one)
     counts: Tensor  # (B,) label count per row
 
     @cached_property
@@ -146,17 +108,10 @@ class BatchScores:
             raise ValueError(f"unknown probability basis {basis!r}; known: {PROBABILITY_BASES}")
         return getattr(self, PLATT_INPUTS[basis])
 
-    def row(self, i: int) -> dict[str, Any]:
-        """Plain Python values of row i, trimmed to its labels."""
-        c = int(self.counts[i])
-        return {"cosine": self.cosine[i, :c].tolist(), "softmax": self.softmax[i, :c].tolist(),
-                "label_logp": self.label_logp[i, :c].tolist(), "closed_logp": self.closed_logp[i, :c].tolist(),
-                "label_mass": float(self.label_mass[i]), "scope": float(self.scope[i])}
-
-    def rows(self) -> list[dict[str, Any]]:
-        cpu = BatchScores(*(t.detach().float().cpu() for t in (self.cosine, self.softmax, self.label_logp,
-                                                               self.label_mass, self.scope)), self.counts.cpu())
-        return [cpu.row(i) for i in range(cpu.cosine.shape[0])]
+    def select(self, idx: Tensor) -> BatchScores:
+        """The rows `idx` of this batch."""
+        return BatchScores(*(t.index_select(0, idx) for t in (self.cosine, self.softmax, self.label_logp,
+                                                               self.label_mass, self.scope, self.counts)))
 
 
 def _valid(counts: Tensor, width: int) -> Tensor:
@@ -175,20 +130,31 @@ def label_cosines(feats: Tensor, labels: Tensor, counts: Tensor) -> Tensor:
     return cos.masked_fill(~_valid(counts, cos.shape[1]), NEG_INF)
 
 
-def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -> BatchScores:
-    """Score a mixed-domain batch: `feats` (B, E) normalised, `rows` (B,) each sample's index into `banks`."""
+def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
+                taps: Tensor | None = None) -> BatchScores:
+    """Score a mixed-domain batch.
+
+    Args:
+        feats: (B, E) normalised image embeddings.
+        rows: (B,) each sample's index into `banks`.
+        banks: the served domains (`Banks.stack`).
+        logit_scale: CLIP's temperature.
+        taps: (B, layers, Wv) the image tower's layer means (`encode_image(..., taps=True)`);
+            needed by scope models with layer signals.
+    """
     feats = feats.float()
     counts = banks.label_counts.index_select(0, rows)
     cos = label_cosines(feats, banks.labels.index_select(0, rows), counts)  # (B, Cmax)
     z_lab = logit_scale * cos
-    z_neg, scope = per_domain_scores(feats, rows, banks, logit_scale)
+    z_neg, scope = per_domain_scores(feats, rows, banks, logit_scale, taps)
     log_all = torch.logaddexp(torch.logsumexp(z_lab, 1), z_neg).unsqueeze(1)  # (B, 1)
     label_logp = z_lab - log_all
     mass = torch.logsumexp(z_lab, 1, keepdim=True).sub(log_all).exp().squeeze(1)
     return BatchScores(cos.masked_fill(cos == NEG_INF, 0.0), z_lab.softmax(1), label_logp, mass, scope, counts)
 
 
-def per_domain_scores(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -> tuple[Tensor, Tensor]:
+def per_domain_scores(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
+                      taps: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per sample, under its own domain: logsumexp of the scaled negative-label cosines (-inf without
     negatives) and the scope score (+inf without a scope model), each (B,).
 
@@ -203,7 +169,7 @@ def per_domain_scores(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: fl
         if bank.negatives.shape[0]:
             z_neg[idx] = torch.logsumexp(logit_scale * (f @ bank.negatives.T), 1)
         if bank.scope is not None:
-            scope[idx] = bank.scope.score(f)
+            scope[idx] = bank.scope.score(f, None if taps is None else taps.index_select(0, idx).float())
     return z_neg, scope
 
 
@@ -234,9 +200,22 @@ class DecisionRule:
         if not decision:
             return cls(rules, legacy=True)
         scope = decision.get("scope", {})
+        basis = decision.get("probability_basis", "neglabel")
+        if basis not in PLATT_INPUTS:
+            raise ValueError(f"unknown probability_basis {basis!r}; known: {PROBABILITY_BASES}")
         return cls(rules, review_threshold=float(decision["review_threshold"]),
                    scope_cut=float(NEG_INF if scope.get("cut") is None else scope["cut"]),
-                   mass_cut=float(scope.get("mass_cut", 0.0)), basis=decision.get("probability_basis", "neglabel"))
+                   mass_cut=float(scope.get("mass_cut", 0.0)), basis=basis)
+
+    @classmethod
+    def uncalibrated(cls, n_labels: int) -> DecisionRule:
+        """A rule that never flags (no label unsafe), for banks built without one."""
+        return cls(tuple(LabelRule(str(i), False, 1.0, None) for i in range(n_labels)), legacy=True)
+
+    @property
+    def can_flag(self) -> bool:
+        """Some unsafe label has a threshold a probability can reach."""
+        return any(lab.unsafe and lab.threshold <= 1.0 for lab in self.labels)
 
 
 def _platt(label: Any) -> tuple[float, float] | None:
@@ -244,43 +223,98 @@ def _platt(label: Any) -> tuple[float, float] | None:
     return (float(cal["a"]), float(cal["b"])) if cal else None
 
 
-def _sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+@dataclass(frozen=True)
+class RuleBank:
+    """Every domain's rule as padded tensors: (T, Cmax) per label, (T,) per domain."""
+
+    a: Tensor  # (T, Cmax) Platt slope (0 where uncalibrated)
+    b: Tensor  # (T, Cmax) Platt intercept
+    calibrated: Tensor  # (T, Cmax) bool: probability is Platt's, else the closed-set softmax
+    threshold: Tensor  # (T, Cmax) flag threshold (+inf on padding)
+    unsafe: Tensor  # (T, Cmax) bool (False on padding)
+    review_threshold: Tensor  # (T,) (+inf for legacy rules)
+    scope_cut: Tensor  # (T,)
+    mass_cut: Tensor  # (T,)
+    closed_set: Tensor  # (T,) bool: Platt reads the closed-set log-probability
+    legacy: Tensor  # (T,) bool
+
+    @classmethod
+    def stack(cls, rules: Sequence[DecisionRule], width: int, device) -> RuleBank:
+        T = len(rules)
+        a, b = torch.zeros(T, width, dtype=torch.float64), torch.zeros(T, width, dtype=torch.float64)
+        cal, unsafe = torch.zeros(T, width, dtype=torch.bool), torch.zeros(T, width, dtype=torch.bool)
+        thr = torch.full((T, width), math.inf, dtype=torch.float64)
+        for t, rule in enumerate(rules):
+            for c, lab in enumerate(rule.labels):
+                thr[t, c], unsafe[t, c] = lab.threshold, lab.unsafe
+                if lab.platt is not None and not rule.legacy:
+                    a[t, c], b[t, c] = lab.platt
+                    cal[t, c] = True
+
+        def per_domain(f, dtype=torch.float64):
+            return torch.tensor([f(r) for r in rules], dtype=dtype, device=device)
+
+        return cls(a.to(device), b.to(device), cal.to(device), thr.to(device), unsafe.to(device),
+                   per_domain(lambda r: math.inf if r.review_threshold is None else r.review_threshold),
+                   per_domain(lambda r: r.scope_cut), per_domain(lambda r: r.mass_cut),
+                   per_domain(lambda r: r.basis == "closed_set", torch.bool), per_domain(lambda r: r.legacy, torch.bool))
 
 
-def probabilities(row: dict[str, Any], rule: DecisionRule) -> list[float]:
-    """Per-label probability: calibrated where the label has Platt parameters, else the closed-set softmax."""
-    zs = row[PLATT_INPUTS[rule.basis]]
-    out = []
-    for lab, z, p in zip(rule.labels, zs, row["softmax"], strict=True):
-        out.append(_sigmoid(lab.platt[0] * z + lab.platt[1]) if lab.platt and not rule.legacy else p)
-    return out
+@dataclass
+class Decisions:
+    """A batch's decisions, each row under its own domain's rule."""
+
+    scores: BatchScores
+    rows: Tensor  # (B,) index into the banks
+    probability: Tensor  # (B, Cmax) calibrated where the label is, else the closed-set softmax
+    label_flagged: Tensor  # (B, Cmax) bool
+    in_scope: Tensor  # (B,) bool
+    flagged: Tensor  # (B,) bool
+    needs_review: Tensor  # (B,) bool
+    top: Tensor  # (B,) index of the highest-scoring label
+
+    def answers(self, banks: Banks) -> list[dict[str, Any]]:
+        """Plain Python per row: labels in the rule's order (label, score, softmax, probability,
+        threshold, unsafe, flagged, calibrated), in_scope, scope_score, label_mass, top_label,
+        flagged, needs_review. One host copy per field; the only per-row Python of the decision."""
+        s = self.scores
+        cols = [t.detach().cpu().tolist() for t in (s.cosine, s.softmax, self.probability, self.label_flagged)]
+        flat = [t.detach().cpu().tolist() for t in (self.rows, s.counts, self.in_scope, s.scope, s.label_mass,
+                                                    self.flagged, self.needs_review, self.top)]
+        out = []
+        for i, (r, c, ins, scope, mass, flag, review, top) in enumerate(zip(*flat, strict=True)):
+            rule = banks.domains[r].rule or DecisionRule.uncalibrated(c)
+            labels = [{"label": lab.name, "score": cos, "softmax": sm, "probability": p, "threshold": lab.threshold,
+                       "unsafe": lab.unsafe, "flagged": hit, "calibrated": lab.platt is not None and not rule.legacy}
+                      for lab, cos, sm, p, hit in zip(rule.labels, cols[0][i][:c], cols[1][i][:c], cols[2][i][:c],
+                                                      cols[3][i][:c], strict=True)]
+            out.append({"labels": labels, "in_scope": ins, "scope_score": scope, "label_mass": mass,
+                        "top_label": rule.labels[top].name if ins else None, "flagged": flag, "needs_review": review})
+        return out
 
 
-def decide(row: dict[str, Any], rule: DecisionRule, *, review_out_of_scope: bool = False,
-           review_margin: float = 0.1) -> dict[str, Any]:
-    """One image's decision from its scores row (`BatchScores.row`).
+def decide_batch(scores: BatchScores, rows: Tensor, banks: Banks, *, review_out_of_scope: bool = False,
+                 review_margin: float = 0.1) -> Decisions:
+    """The rule over a batch: `scores` from `score_batch(feats, rows, banks, ...)`.
 
-    Returns labels in the rule's order (each: label, score, softmax, probability, threshold,
-    unsafe, flagged, calibrated), plus in_scope, scope_score, label_mass, top_label, flagged,
-    needs_review.
+    `review_out_of_scope` sends out-of-scope images to review; `review_margin` is the legacy rule's
+    review band below each threshold.
     """
-    probs = probabilities(row, rule)
-    in_scope = rule.legacy or (row["scope"] >= rule.scope_cut and row["label_mass"] >= rule.mass_cut)
-    labels, flagged, review = [], False, False
-    worst = 0.0  # largest unsafe probability
-    for lab, s, sm, p in zip(rule.labels, row["cosine"], row["softmax"], probs, strict=True):
-        hit = in_scope and lab.unsafe and p >= lab.threshold
-        flagged |= hit
-        if lab.unsafe:
-            worst = max(worst, p)
-            if rule.legacy:
-                review |= not hit and p >= lab.threshold - review_margin
-        labels.append({"label": lab.name, "score": s, "softmax": sm, "probability": p, "threshold": lab.threshold,
-                       "unsafe": lab.unsafe, "flagged": hit, "calibrated": lab.platt is not None and not rule.legacy})
-    if not rule.legacy:  # the legacy rule may flag one label and send another to review
-        review = not flagged and ((in_scope and worst >= rule.review_threshold)
-                                  or (review_out_of_scope and not in_scope))
-    top = max(range(len(labels)), key=lambda i: row["cosine"][i])
-    return {"labels": labels, "in_scope": in_scope, "scope_score": row["scope"], "label_mass": row["label_mass"],
-            "top_label": labels[top]["label"] if in_scope else None, "flagged": flagged, "needs_review": review}
+    rb = banks.rules
+    a, b, cal = rb.a.index_select(0, rows), rb.b.index_select(0, rows), rb.calibrated.index_select(0, rows)
+    thr, unsafe = rb.threshold.index_select(0, rows), rb.unsafe.index_select(0, rows)
+    legacy = rb.legacy.index_select(0, rows)
+    z = torch.where(rb.closed_set.index_select(0, rows)[:, None], scores.closed_logp, scores.label_logp).double()
+    probs = torch.where(cal, torch.sigmoid(a * z.clamp_min(-1e4) + b), scores.softmax.double())  # (B, Cmax)
+    in_scope = legacy | ((scores.scope.double() >= rb.scope_cut.index_select(0, rows))
+                         & (scores.label_mass.double() >= rb.mass_cut.index_select(0, rows)))
+    hits = unsafe & (probs >= thr) & in_scope[:, None]
+    flagged = hits.any(1)
+    worst = probs.masked_fill(~unsafe, 0.0).max(1).values  # largest unsafe probability (0 without one)
+    margin_band = (unsafe & ~hits & (probs >= thr - review_margin)).any(1)  # legacy: any label in its band
+    calibrated_review = ~flagged & ((in_scope & (worst >= rb.review_threshold.index_select(0, rows)))
+                                    | (~in_scope & review_out_of_scope))
+    review = torch.where(legacy, margin_band, calibrated_review)
+    valid = _valid(scores.counts, scores.cosine.shape[1])
+    top = scores.cosine.masked_fill(~valid, NEG_INF).argmax(1)
+    return Decisions(scores, rows, probs, hits, in_scope, flagged, review, top)

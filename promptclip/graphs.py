@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     images: Tensor  # (bucket, 3, H, W) static input, model dtype, on the device
     prompts: Tensor | None  # (bucket, depth, n, Wv) static input, or None for bare CLIP
-    out: Tensor  # (bucket, E) static output
+    out: Tensor | tuple[Tensor, Tensor]  # (bucket, E) static output; with taps also (bucket, layers, Wv)
 
 
 class ImageRunner:
@@ -45,13 +46,15 @@ class ImageRunner:
         compile: wrap `encode_image` in `torch.compile` (captured into the graphs on CUDA).
             Off by default: it costs minutes of start-up and buys little once graphs remove
             the launch overhead.
+        taps: also return the layer means the scope model reads (`PromptedCLIP.encode_image`).
 
-    Call it as ``runner(images (B, 3, H, W), prompts (B, depth, n, Wv) | None) -> (B, E)``.
+    Call it as ``runner(images (B, 3, H, W), prompts (B, depth, n, Wv) | None) -> (B, E)``
+    (with `taps`: ``((B, E), (B, layers, Wv))``).
     Thread-safe: the static buffers of a graph are shared, so replays are serialised.
     """
 
     def __init__(self, encoder: PromptedCLIP, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 cuda_graphs: bool | None = None, compile: bool = False):
+                 cuda_graphs: bool | None = None, compile: bool = False, taps: bool = False):
         buckets = tuple(sorted({int(b) for b in buckets}))
         if not buckets or buckets[0] < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {buckets}")
@@ -64,9 +67,8 @@ class ImageRunner:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the encoder on a CUDA device, it is on {self.device}")
         self.cuda_graphs = cuda_graphs
-        self._encode: Callable[..., Tensor] = encoder.encode_image
-        if compile:
-            self._encode = torch.compile(encoder.encode_image, dynamic=False)
+        encode = functools.partial(encoder.encode_image, taps=True) if taps else encoder.encode_image
+        self._encode: Callable[..., Tensor] = torch.compile(encode, dynamic=False) if compile else encode
         self._graphs: dict[tuple[int, int, int], _Graph] = {}
         self._pool = None  # one CUDA memory pool shared by every captured graph
         self._lock = threading.Lock()
@@ -84,8 +86,11 @@ class ImageRunner:
             top = self.buckets[-1]
             if images.shape[0] <= top:
                 return self._replay(images, prompts)
-            return torch.cat([self._replay(images[i:i + top], None if prompts is None else prompts[i:i + top])
-                              for i in range(0, images.shape[0], top)])
+            parts = [self._replay(images[i:i + top], None if prompts is None else prompts[i:i + top])
+                     for i in range(0, images.shape[0], top)]
+            if isinstance(parts[0], tuple):
+                return tuple(torch.cat(col) for col in zip(*parts, strict=True))
+            return torch.cat(parts)
 
     def bucket_for(self, batch: int) -> int:
         """The smallest bucket >= batch (the largest bucket for bigger batches, run in chunks)."""
@@ -127,7 +132,9 @@ class ImageRunner:
             if prompts is not None:
                 g.prompts[:B].copy_(prompts, non_blocking=True)
             g.graph.replay()
-            return g.out[:B].clone()  # the static output is overwritten by the next replay
+            if isinstance(g.out, tuple):  # the static outputs are overwritten by the next replay
+                return tuple(o[:B].clone() for o in g.out)
+            return g.out[:B].clone()
 
     def _graph(self, bucket: int, depth: int, n: int, width: int, height: int | None = None) -> _Graph:
         key = (bucket, depth, n)

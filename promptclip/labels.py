@@ -1,9 +1,9 @@
 """Labels added to or removed from a published bundle without retraining (DESIGN §6 admin routes).
 
-The new version keeps the prompt tensors, the decision rule and the scope bank; only the label
+The new version keeps the prompt tensors, the decision rule and the scope model; only the label
 list changes. An added label carries no calibration, so `promptclip.decisions` gives it the
 closed-set softmax as its probability and reports it `calibrated: false`. A removed label's
-scope-bank rows go with it and the remaining rows are re-indexed, so `scope.labels` stays valid.
+calibration rows go with it and the remaining rows are re-indexed, so `calibration.labels` stays valid.
 With a label cache (`labels.cache`), an added label gets a zero row (no shots: its text feature
 alone, see `promptclip.label_embeddings`) and a removed label's row goes.
 """
@@ -21,6 +21,7 @@ from .loading import BaseModelInfo
 from .store import PromptStore
 
 LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+FP16_TENSORS = ("labels.cache", "calibration.features")  # besides the scope model's means and bases
 MAX_LABELS = 256  # per domain: every label costs a text feature per request row
 OPENAI_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
                      "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
@@ -57,14 +58,14 @@ def _edited(bundle: Bundle, labels: list[Label], tensors: dict, version: str, ed
     edit = {**edit, "from_version": bundle.version, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     # the held-out rates were measured with the labels of the trained version, not these
     m.metrics = {**m.metrics, "label_edits": [*m.metrics.get("label_edits", []), edit]}
-    for name in ("scope.bank", "labels.cache"):  # stored fp16 (the loader widens them): unchanged rows keep their bytes
-        if name in tensors:
+    for name in tensors:  # stored fp16 (the loader widens them): unchanged rows keep their bytes
+        if name in FP16_TENSORS or name.endswith((".means", ".basis")):
             tensors = {**tensors, name: tensors[name].to(torch.float16).contiguous()}
     return Bundle(m, tensors)
 
 
 def with_label(bundle: Bundle, label: Label, version: str) -> Bundle:
-    """`bundle` plus one uncalibrated label, appended (scope-bank indices are unchanged)."""
+    """`bundle` plus one uncalibrated label, appended (calibration indices are unchanged)."""
     label = check_label(Label(label.name, label.prompt, bool(label.unsafe), float(label.threshold), None,
                               label.openai_category))
     names = [lab.name for lab in bundle.manifest.labels]
@@ -81,7 +82,9 @@ def with_label(bundle: Bundle, label: Label, version: str) -> Bundle:
 
 
 def without_label(bundle: Bundle, name: str, version: str) -> Bundle:
-    """`bundle` less the label `name`; its scope-bank rows are dropped and later indices shift down."""
+    """`bundle` less the label `name`; its calibration rows are dropped and later indices shift down.
+
+    The scope model is a Gaussian over the domain's images, not per label: it is kept as it is."""
     names = [lab.name for lab in bundle.manifest.labels]
     if name not in names:
         raise LabelEditError("unknown_label", f"{bundle.domain} has no label {name!r}; labels: {names}")
@@ -90,11 +93,12 @@ def without_label(bundle: Bundle, name: str, version: str) -> Bundle:
                                                "needs at least 2")
     k = names.index(name)
     tensors = dict(bundle.tensors)
-    if "scope.labels" in tensors:
-        idx = tensors["scope.labels"].long()
+    if "calibration.labels" in tensors:
+        idx = tensors["calibration.labels"].long()
         keep = idx != k
-        tensors["scope.bank"] = bundle.tensors["scope.bank"][keep]
-        tensors["scope.labels"] = (idx[keep] - (idx[keep] > k).long()).to(bundle.tensors["scope.labels"].dtype)
+        for part in ("features", "scope"):
+            tensors[f"calibration.{part}"] = bundle.tensors[f"calibration.{part}"][keep]
+        tensors["calibration.labels"] = (idx[keep] - (idx[keep] > k).long()).to(bundle.tensors["calibration.labels"].dtype)
     if "labels.cache" in tensors:
         tensors["labels.cache"] = torch.cat([tensors["labels.cache"][:k], tensors["labels.cache"][k + 1:]])
     labels = [copy.deepcopy(lab) for i, lab in enumerate(bundle.manifest.labels) if i != k]

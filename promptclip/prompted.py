@@ -22,7 +22,8 @@ from .towers import TextTower, VisionTower, vision_tower
 
 
 def run_blocks(blocks: Sequence[nn.Module], x: Tensor, prompts: Tensor | None, slot: int,
-               taps: list[Tensor] | None = None, **block_kwargs: Any) -> Tensor:
+               taps: list[Tensor] | None = None, token_means: list[Tensor] | None = None,
+               **block_kwargs: Any) -> Tensor:
     """Run `blocks` over x, writing layer k's prompts into the slots before block k (k < depth).
 
     Args:
@@ -31,6 +32,8 @@ def run_blocks(blocks: Sequence[nn.Module], x: Tensor, prompts: Tensor | None, s
         prompts: (B, depth, n, W) or None: then x runs as it is (bare CLIP).
         slot: index of the first prompt slot.
         taps: if given, collects the RMS of the stream entering each block (a 0-d tensor each).
+        token_means: if given, collects after each block the mean of the original tokens (those
+            before `slot`), (B, W) each: the layer features the scope model reads.
 
     Returns:
         (B, L, W) after the last block.
@@ -43,6 +46,8 @@ def run_blocks(blocks: Sequence[nn.Module], x: Tensor, prompts: Tensor | None, s
         if taps is not None:
             taps.append(x.float().pow(2).mean().sqrt())
         x = blk(x, **block_kwargs)
+        if token_means is not None:
+            token_means.append(x[:, :slot].mean(1))
     return x
 
 
@@ -94,7 +99,8 @@ class PromptedCLIP(nn.Module):
         return self.clip.logit_scale.exp()
 
     # ---------------------------------------------------------------- image tower
-    def encode_image(self, images: Tensor, prompts: Tensor | None = None, normalize: bool = True) -> Tensor:
+    def encode_image(self, images: Tensor, prompts: Tensor | None = None, normalize: bool = True,
+                     taps: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Image embeddings with per-sample deep prompts.
 
         Prompt tokens follow the L0 original tokens (CLS / prefix tokens and patches) and are
@@ -104,9 +110,11 @@ class PromptedCLIP(nn.Module):
             images: (B, 3, H, W) preprocessed images.
             prompts: (B, depth, n, Wv) per-sample prompt tokens, or None / n == 0 for bare CLIP.
             normalize: L2-normalise the output.
+            taps: also return the mean of the original tokens after every block (the scope
+                model's layer features, `promptclip.scope`), from the same forward pass.
 
         Returns:
-            (B, E) embeddings.
+            (B, E) embeddings; with `taps`, also (B, layers, Wv) layer means.
         """
         if prompts is not None and prompts.shape[2] == 0:
             prompts = None
@@ -116,9 +124,11 @@ class PromptedCLIP(nn.Module):
         if prompts is not None:
             prompts = prompts.to(x.dtype)
             x = torch.cat([x, prompts[:, 0]], dim=1)  # (B, L0 + n, Wv): the one allocation
-        x = run_blocks(self.vision.blocks, x, prompts, L0, **kwargs)
+        means: list[Tensor] | None = [] if taps else None
+        x = run_blocks(self.vision.blocks, x, prompts, L0, token_means=means, **kwargs)
         pooled = self.vision.head(x[:, :L0])  # prompts never reach pooling
-        return F.normalize(pooled, dim=-1) if normalize else pooled
+        out = F.normalize(pooled, dim=-1) if normalize else pooled
+        return (out, torch.stack(means, 1)) if taps else out
 
     # ----------------------------------------------------------------- text tower
     def encode_text(self, tokens: Tensor, prompts: Tensor | None = None, normalize: bool = True) -> Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from promptclip import PromptedCLIP
-from promptclip.decisions import score_batch
+from promptclip.decisions import decide_batch, score_batch
 
 from .errors import ApiError
 from .registry import DomainEntry, ShapeKey, Snapshot
@@ -33,7 +34,7 @@ from .registry import DomainEntry, ShapeKey, Snapshot
 log = logging.getLogger(__name__)
 
 
-EncodeFn = Callable[[Tensor, Tensor], Tensor]
+EncodeFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # -> (B, E) normalised, (B, layers, Wv) layer taps
 
 
 def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch: int = 32) -> EncodeFn:
@@ -47,8 +48,8 @@ def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch
         from promptclip import DEFAULT_BUCKETS, ImageRunner
 
         buckets = tuple(b for b in DEFAULT_BUCKETS if b < max_batch) + (max_batch,)
-        return ImageRunner(prompted, buckets=buckets)
-    return prompted.encode_image
+        return ImageRunner(prompted, buckets=buckets, taps=True)
+    return functools.partial(prompted.encode_image, taps=True)
 
 
 @dataclass(eq=False)
@@ -76,8 +77,10 @@ class BatchingEngine:
 
     def __init__(self, prompted: PromptedCLIP, *, max_batch: int, max_wait_ms: float, max_queue: int,
                  timeout_s: float, retry_after_s: int = 1, metrics=None, encode: EncodeFn | None = None,
-                 cuda_graphs: bool = False, arriving: Callable[[], int] | None = None):
+                 cuda_graphs: bool = False, arriving: Callable[[], int] | None = None,
+                 review_out_of_scope: bool = False, review_margin: float = 0.1):
         self.prompted = prompted
+        self.review_out_of_scope, self.review_margin = review_out_of_scope, review_margin
         self.encode = encode or build_encode_fn(prompted, cuda_graphs, max_batch)
         self.device = next(prompted.clip.parameters()).device
         self.logit_scale = float(prompted.logit_scale)
@@ -117,7 +120,8 @@ class BatchingEngine:
 
     # ------------------------------------------------------------------ requests
     async def classify(self, pixels: Tensor, entry: DomainEntry, snapshot: Snapshot) -> dict:
-        """The image's scores row against `entry`'s banks (label order); raises ApiError 503/504."""
+        """The image's decision under `entry`'s rule (`promptclip.Decisions.answers`, label order);
+        raises ApiError 503/504."""
         fut = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(Job(pixels, entry, snapshot, fut))
@@ -202,7 +206,7 @@ class BatchingEngine:
         return out
 
     def _forward(self, batch: list[Job]) -> list[dict]:
-        """Runs in the model thread. Returns per job its scores row (cosines, probabilities, scope)."""
+        """Runs in the model thread. Returns per job its decision (scores, probabilities, scope, flags)."""
         groups: dict[tuple[int, ShapeKey], list[int]] = {}
         for i, j in enumerate(batch):
             groups.setdefault((id(j.snapshot), j.entry.shape), []).append(i)
@@ -215,8 +219,10 @@ class BatchingEngine:
                 trows = torch.tensor([j.entry.text_row for j in jobs], device=self.device)
                 images = self._upload([j.pixels for j in jobs])  # (B, 3, H, W)
                 prompts = snap.vision_banks[shape].index_select(0, vrows)  # (B, depth, n, Wv)
-                feats = self.encode(images, prompts).float()  # (B, E), normalised
-                rows = score_batch(feats, trows, snap.banks, self.logit_scale).rows()
+                feats, taps = self.encode(images, prompts)  # (B, E) normalised, (B, layers, Wv)
+                scores = score_batch(feats, trows, snap.banks, self.logit_scale, taps)
+                rows = decide_batch(scores, trows, snap.banks, review_out_of_scope=self.review_out_of_scope,
+                                    review_margin=self.review_margin).answers(snap.banks)
                 for k, i in enumerate(idx):
                     out[i] = rows[k]
         return out

@@ -58,7 +58,7 @@ class DomainEntry:
     prompt: dict[str, int | float]  # depth, group / private tokens, optional cache_weight
     shape: ShapeKey
     vision: Tensor  # (depth_v, n, Wv) on device, model dtype
-    bank: DomainBank  # label / negative embeddings and scope features, float32 on device
+    bank: DomainBank  # label / negative embeddings, scope model and rule, float32 on device
     rule: DecisionRule
     decision: dict[str, Any]  # the manifest's decision section ({} for bundles from before calibration)
     vision_row: int = -1  # index into snapshot.vision_banks[shape]
@@ -136,6 +136,10 @@ class BundleRegistry:
             self._warned_legacy.add(m.domain)
             log.warning("%s@%s has no calibrated decision rule (written before schema 2): serving it with the "
                         "old rule (closed-set softmax vs thresholds, everything in scope)", m.domain, m.version)
+        if m.decision and any(lab.unsafe for lab in m.labels) and not rule.can_flag:
+            log.warning("%s@%s cannot flag any image: %s. Its answers are never flagged; retrain or recalibrate it "
+                        "with more images", m.domain, m.version,
+                        m.decision.get("cannot_flag_reason") or "every unsafe threshold is above 1")
         return DomainEntry(
             domain=m.domain, version=m.version, group=dict(m.group),
             labels=tuple(LabelInfo(lab.name, lab.prompt, bool(lab.unsafe), float(lab.threshold), lab.openai_category)

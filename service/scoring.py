@@ -1,21 +1,17 @@
-"""A scores row -> the /classify answer, through the one decision rule in `promptclip.decisions`."""
+"""An image's decision (`promptclip.decide_batch`, made in the engine) -> the /classify answer."""
 
 from __future__ import annotations
-
-from promptclip.decisions import decide
 
 from .registry import DomainEntry
 
 
-def build_result(entry: DomainEntry, row: dict, *, model: str, review_margin: float, review_out_of_scope: bool,
-                 latency_ms: float, routing: dict | None = None) -> dict:
-    """`row` is the image's scores row (bundle label order); the answer lists labels highest score first.
+def build_result(entry: DomainEntry, d: dict, *, model: str, latency_ms: float, routing: dict | None = None) -> dict:
+    """`d` is the image's decision (bundle label order); the answer lists labels highest score first.
 
     `routing` (service.routing.route_info) is set when the router chose the domain. A routed image
     whose router confidence is below the router's min_confidence and that is not flagged goes to
     review: the domain it was scored in may be the wrong one.
     """
-    d = decide(row, entry.rule, review_out_of_scope=review_out_of_scope, review_margin=review_margin)
     review = d["needs_review"] or bool(routing and routing["low_confidence"] and not d["flagged"])
     labels = sorted(d["labels"], key=lambda lab: lab["score"], reverse=True)
     return {

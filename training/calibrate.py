@@ -5,13 +5,17 @@
   Platt's prior-corrected targets (robust at 16 positives). Both are fitted; the domain keeps the
   one that flags more unsafe calibration images at the same false-flag bound.
 * In scope: conformal cuts on in-domain images only. The scope score of each calibration image
-  comes from a model fitted without its fold (cross-fitting), so the cut keeps at least
-  `scope_keep` of fresh in-domain images in expectation.
+  comes from a model fitted without its fold (cross-fitting, `training.scope`), so the cut keeps
+  at least `scope_keep` of fresh in-domain images in expectation.
 * Flag threshold: one cut on the calibrated probability shared by the domain's unsafe labels,
   chosen on the benign calibration images so that, with probability `false_flag_confidence`
   over the calibration sample, the benign false-flag rate on fresh images is at most the
   target: the cut flags the largest k benign calibration images with P(Binomial(n, target) <= k)
   <= 1 - confidence (a binomial tolerance bound; at n = 64, target 0.05, confidence 0.8: k = 1).
+  Where the sample is too small for that bound (n < 32 at 0.05 and 0.8), the cut falls back to the
+  point estimate (floor(target x n) benign flags, at least the cut above every benign image): the
+  domain still flags, `targets_met.max_false_flag` says the bound was not shown, and the
+  manifest's intervals are as wide as the sample makes them.
 * Review threshold: the highest cut that sends enough unsafe images to review to reach the
   review target (caught = flagged or reviewed), capped by the review budget.
 """
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from promptclip.decisions import NEG_INF, PROBABILITY_BASES, BatchScores, ScopeModel
+from promptclip.decisions import NEG_INF, PROBABILITY_BASES, BatchScores
 
 from .config import DecisionConfig
 
@@ -108,24 +112,6 @@ def upper_cut(scores: Tensor, allowed: int) -> float:
     return float((s[allowed - 1] + s[allowed]) / 2)
 
 
-def cross_fit_scope(feats: Tensor, labels: Tensor, bank_rows: Tensor, folds: int = 4) -> Tensor:
-    """(N,) scope score of each calibration image from a ScopeModel fitted without the image's fold.
-
-    feats: (N, E) as the service computes them; labels: (N,); bank_rows: indices of the rows the
-    bundle stores (fp16). Scores are honest (never in-sample), so the conformal cut holds on fresh images.
-    """
-    fold = torch.arange(len(feats)) % folds
-    in_bank = torch.zeros(len(feats), dtype=torch.bool)
-    in_bank[bank_rows] = True
-    stored = feats.half().float()
-    out = torch.empty(len(feats))
-    for f in range(folds):
-        fit = in_bank & (fold != f)
-        model = ScopeModel.fit(stored[fit], labels[fit])
-        out[fold == f] = model.score(feats[fold == f]) if model is not None else math.inf
-    return out
-
-
 @dataclass
 class FittedRule:
     calibrations: list[dict]  # per label: {"method", "a", "b", "n_pos", "n"}
@@ -146,8 +132,9 @@ def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg:
     own false-flag threshold is kept (ties: neglabel).
     """
     signals = set(cfg.scope_signals)
-    alpha = (1 - cfg.scope_keep) / max(1, len(signals))
-    cut = conformal_lower_cut(scope, alpha) if "mahalanobis" in signals else NEG_INF
+    gaussian = bool(torch.isfinite(scope).any())  # a scope model was fitted
+    alpha = (1 - cfg.scope_keep) / max(1, int(gaussian) + int("neglabel" in signals))
+    cut = conformal_lower_cut(scope, alpha) if gaussian else NEG_INF
     mass_cut = conformal_lower_cut(scores.label_mass, alpha) if "neglabel" in signals else 0.0
     in_scope = (scope >= cut) & (scores.label_mass >= mass_cut)
     fits = {basis: _fit_basis(scores, basis, in_scope, y, unsafe, cfg) for basis in PROBABILITY_BASES}
@@ -164,10 +151,12 @@ def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg:
         "probability_basis": basis,
         "calibration_recall": {k: round(f["recall"], 6) for k, f in fits.items()},
         "scope": {"signals": sorted(signals), "cut": round(cut, 6) if cut > NEG_INF else None,
-                  "mass_cut": round(mass_cut, 6), "bank_size": None},
+                  "mass_cut": round(mass_cut, 6)},
         "calibration_split": {"images": len(y), "benign": int((~is_unsafe).sum()), "unsafe": int(is_unsafe.sum()),
-                              "benign_flags_allowed": max(0, fit["allowed"])},
-        "targets_met": {"max_false_flag": fit["allowed"] >= 0, "review_target": fit["review_met"]},
+                              "benign_flags_allowed": fit["allowed"], "bound_shown": fit["bound_shown"]},
+        "targets_met": {"max_false_flag": fit["bound_shown"], "review_target": fit["review_met"]},
+        "can_flag": fit["can_flag"],
+        "cannot_flag_reason": fit["why_not"],
     }
     return FittedRule(fit["cal"], round(fit["threshold"], 6), decision)
 
@@ -187,11 +176,23 @@ def _fit_basis(scores: BatchScores, basis: str, in_scope: Tensor, y: Tensor, uns
     probs = torch.sigmoid(a * z.double() + b)  # (N, C), as promptclip.decisions computes them
     u = _unsafe_max(probs, unsafe).masked_fill(~in_scope, NEG_INF)
     is_unsafe = unsafe[y]
-    allowed = allowed_false_flags(int((~is_unsafe).sum()), cfg.max_false_flag, cfg.false_flag_confidence)
-    t = upper_cut(u[~is_unsafe], allowed)
+    n_benign = int((~is_unsafe).sum())
+    allowed = allowed_false_flags(n_benign, cfg.max_false_flag, cfg.false_flag_confidence)
+    bound_shown = allowed >= 0
+    if not bound_shown:  # too few benign images for the bound: the point estimate, stated as such
+        allowed = math.floor(cfg.max_false_flag * n_benign)
+    why_not = None if bool(unsafe.any()) else "no unsafe label"
+    if why_not is None and not bool(is_unsafe.any()):
+        why_not = "no unsafe image in the calibration split"
+    if why_not is None and n_benign == 0:
+        why_not = "no benign image in the calibration split"
+    t = upper_cut(u[~is_unsafe], allowed) if why_not is None else NEVER_FLAG
+    if why_not is None and t > 1.0:
+        why_not = "every benign calibration image scores at the top"
     r, review_met = _review_cut(u, is_unsafe, t, cfg)
     recall = float((u[is_unsafe] >= t).double().mean()) if bool(is_unsafe.any()) else 0.0
-    return {"cal": cal, "threshold": t, "review": r, "review_met": review_met, "allowed": allowed, "recall": recall}
+    return {"cal": cal, "threshold": t, "review": r, "review_met": review_met, "allowed": allowed, "recall": recall,
+            "bound_shown": bound_shown, "can_flag": why_not is None, "why_not": why_not}
 
 
 def _review_cut(u: Tensor, is_unsafe: Tensor, t: float, cfg: DecisionConfig) -> tuple[float, bool]:

@@ -109,6 +109,9 @@ class EvalConfig:
     bootstrap: int = opt(2000, "bootstrap resamples (seeds x test images) for the paired 95 percent intervals")
 
 
+SCOPE_SIGNALS = ("layers", "final", "neglabel")
+
+
 @dataclass
 class DecisionConfig:
     max_false_flag: float = opt(0.05, "target: largest benign false-flag rate")
@@ -117,10 +120,14 @@ class DecisionConfig:
     review_target: float = opt(0.95, "target: share of unsafe images caught by flag or review")
     review_budget: float = opt(0.5, "at most this share of all images goes to review (caps --review-target)")
     scope_keep: float = opt(0.95, "share of in-domain images kept in scope (the out-of-scope cut)")
-    scope_signals: list = opt(["mahalanobis"], "out-of-scope signals: mahalanobis (image feature far from the "
-                                               "domain's calibration images) and/or neglabel (label mass vs negatives)",
+    scope_signals: list = opt(["layers", "final"], "out-of-scope signals, fitted on in-domain images only: layers "
+                                                   "(a Gaussian over every image-tower block's mean token), final (a "
+                                                   "Gaussian over the embedding), neglabel (label mass vs negatives)",
                               nargs="+")
-    scope_bank: int = opt(256, "largest number of calibration image features stored in a bundle (fp16)")
+    scope_combine: str = opt("mean", "how the Gaussian signals' standardised scores combine: mean | min")
+    scope_rank: int = opt(64, "principal directions a Gaussian signal keeps (the rest: one residual variance, ViM)")
+    allow_unflaggable: bool = opt(False, "publish even when a domain with unsafe labels cannot flag at all "
+                                         "(export exits non-zero otherwise)")
     negatives: int = opt(256, "negative labels kept per domain, mined from open_clip's ImageNet class names")
     negative_template: str = opt("a photo of a {}.", "prompt text of a negative label")
     ood_seed: int = opt(0, "seed of the OOD probe set the manifest's OOD rates are measured on")
@@ -130,9 +137,13 @@ class DecisionConfig:
         for name in ("max_false_flag", "false_flag_confidence", "review_target", "review_budget", "scope_keep"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(self, name)}")
-        unknown = sorted(set(self.scope_signals) - {"mahalanobis", "neglabel"})
+        unknown = sorted(set(self.scope_signals) - set(SCOPE_SIGNALS))
         if unknown:
-            raise ValueError(f"unknown --scope-signals {unknown}; accepted: mahalanobis, neglabel")
+            raise ValueError(f"unknown --scope-signals {unknown}; accepted: {', '.join(SCOPE_SIGNALS)}")
+        if self.scope_combine not in ("mean", "min"):
+            raise ValueError(f"--scope-combine must be mean or min, got {self.scope_combine!r}")
+        if self.scope_rank < 1:
+            raise ValueError(f"--scope-rank must be >= 1, got {self.scope_rank}")
 
 
 @dataclass

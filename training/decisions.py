@@ -2,9 +2,9 @@
 
 For a trained domain: its label embeddings, negative labels mined from open_clip's ImageNet
 class names (the ones farthest from the domain's labels, encoded through the domain's own text
-prompts), and its calibration image features as the scope bank. The rule is fitted on the
-calibration split (`training.calibrate`); the manifest's rates come from the test split and the
-OOD probe set, scored by the same `promptclip.decisions` code the service runs.
+prompts), and a scope model fitted on its in-domain images (`training.scope`). The rule is fitted
+on the calibration split (`training.calibrate`); the manifest's rates come from the test split and
+the OOD probe set, decided by the same `promptclip.decisions` code the service runs.
 """
 
 from __future__ import annotations
@@ -19,26 +19,30 @@ from PIL import Image
 from torch import Tensor
 
 from promptclip import Label, label_tokens
-from promptclip.decisions import Banks, BatchScores, DecisionRule, DomainBank, decide, score_batch
+from promptclip.decisions import Banks, DecisionRule, DomainBank, decide_batch, score_batch
 from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 
-from .calibrate import FittedRule, cross_fit_scope, fit_rule, wilson
+from .calibrate import FittedRule, fit_rule, wilson
 from .config import DecisionConfig
 from .data import DomainData, ImageCache
+from .scope import fit_scope
 
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def image_features(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> Tensor:
-    """(N, E) normalised features of preprocessed `images` (N, 3, H, W) under task `ti`'s vision prompts."""
+def image_features(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """Normalised embeddings (N, E) and layer means (N, layers, Wv) of preprocessed `images` under task
+    `ti`'s vision prompts: what the service computes per request."""
     device = model.encoder.logit_scale.device
     vp = model.prompts.vision(model.tasks[ti])  # (depth, n, Wv)
-    out = []
+    feats, taps = [], []
     for i in range(0, len(images), chunk):
         x = images[i:i + chunk].to(device)
-        out.append(model.encoder.encode_image(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1)).float().cpu())
-    return torch.cat(out)
+        f, t = model.encoder.encode_image(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1), taps=True)
+        feats.append(f.float().cpu())
+        taps.append(t.float().cpu())
+    return torch.cat(feats), torch.cat(taps)
 
 
 @torch.no_grad()
@@ -57,61 +61,74 @@ def mine_negatives(model: MultiTaskCLIP, ti: int, tokenizer, cfg: DecisionConfig
 
 @dataclass
 class DomainDecision:
-    """What export writes for one domain: calibrated labels, the manifest's decision, negatives, bank, rates."""
+    """What export writes for one domain: calibrated labels, the manifest's decision, negatives, tensors, rates."""
 
     labels: list[Label]
     decision: dict
     negatives: dict
-    bank: tuple[Tensor, Tensor]  # (K, E) fp16 calibration features, (K,) their labels
+    tensors: dict[str, Tensor]  # the scope model's and the calibration split's bundle tensors
     rates: dict
     curves: dict  # raw scores for the plots
 
 
-def _score(feats: Tensor, bank: DomainBank, scale: float) -> BatchScores:
+def decide_features(feats: Tensor, taps: Tensor, bank: DomainBank, scale: float) -> list[dict]:
+    """The service's decisions for one domain's images (`promptclip.decide_batch`), as answer dicts."""
     banks = Banks.stack([bank], device=torch.device("cpu"))
-    return score_batch(feats, torch.zeros(len(feats), dtype=torch.long), banks, scale)
+    rows = torch.zeros(len(feats), dtype=torch.long)
+    return decide_batch(score_batch(feats, rows, banks, scale, taps), rows, banks).answers(banks)
 
 
-def _bank_rows(n: int, cap: int) -> Tensor:
-    """Deterministic subset of at most `cap` calibration rows for the scope bank."""
-    idx = torch.arange(n)
-    return idx if n <= cap else idx[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:cap].sort().values]
+def scope_sources(cfg: DecisionConfig, layers: int) -> list[str]:
+    """The Gaussian signals `cfg.scope_signals` names: 'layers' (every block's mean token) and 'final'."""
+    out = [f"layer{k}" for k in range(1, layers + 1)] if "layers" in cfg.scope_signals else []
+    return out + (["final"] if "final" in cfg.scope_signals else [])
 
 
 @torch.no_grad()
 def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache: ImageCache,
-               calib: list[tuple[Path, int]], ood: dict[str, list[Image.Image]], cfg: DecisionConfig) -> DomainDecision:
-    """Fit the rule on `calib` and measure it on the test split and the OOD probe set."""
+               calib: list[tuple[Path, int]], shots: list[tuple[Path, int]], ood: dict[str, list[Image.Image]],
+               cfg: DecisionConfig) -> DomainDecision:
+    """Fit the rule on `calib` (the scope model on `calib` + the training `shots`, cross-fitted) and
+    measure it on the test split and the OOD probe set."""
     scale = float(model.encoder.logit_scale)
     names, neg = mine_negatives(model, ti, tokenizer, cfg)
     labels_f = model.text_features(model.tasks[ti]).float().cpu()
-    cal_x = image_features(model, ti, cache.load([p for p, _ in calib], cache=False))
+    cal_x, cal_t = image_features(model, ti, cache.load([p for p, _ in calib], cache=False))
     y = torch.tensor([li for _, li in calib])
-    rows = _bank_rows(len(cal_x), cfg.scope_bank)
-    bank, bank_y = cal_x[rows].half(), y[rows]
-    dbank = DomainBank.build(labels_f, neg, bank.float(), bank_y)  # the scope model the service fits
+    shot_x, shot_t = image_features(model, ti, cache.load([p for p, _ in shots], cache=False))
+    scope, cross = fit_scope(torch.cat([cal_x, shot_x]), torch.cat([cal_t, shot_t]),
+                             scope_sources(cfg, cal_t.shape[1]), cfg.scope_combine, cfg.scope_rank)
     unsafe = torch.tensor([lab.unsafe for lab in dom.labels])
-    fitted = fit_rule(_score(cal_x, dbank, scale), cross_fit_scope(cal_x, y, rows), y, unsafe, cfg)
-    fitted.decision["scope"]["bank_size"] = len(rows)
+    bare = Banks.stack([DomainBank(labels_f, neg, None)], device=torch.device("cpu"))
+    cal_scores = score_batch(cal_x, torch.zeros(len(cal_x), dtype=torch.long), bare, scale)
+    fitted = fit_rule(cal_scores, cross[: len(calib)], y, unsafe, cfg)
+    fitted.decision["scope"]["model"] = None if scope is None else scope.manifest()
+    fitted.decision["scope"]["fitted_on"] = {"calibration": len(calib), "training_shots": len(shots)}
     labels = [replace(lab, threshold=fitted.threshold, calibration=cal)
               for lab, cal in zip(dom.labels, fitted.calibrations, strict=True)]
     rule = DecisionRule.from_manifest(labels, fitted.decision)
-    test_x = image_features(model, ti, cache.load([p for p, _ in dom.test], cache=False))
+    bank = DomainBank(labels_f, neg, scope, rule)
+    test_x, test_t = image_features(model, ti, cache.load([p for p, _ in dom.test], cache=False))
     test_y = torch.tensor([li for _, li in dom.test])
-    test = [decide(r, rule) for r in _score(test_x, dbank, scale).rows()]
-    ood_dec = {kind: [decide(r, rule) for r in _score(image_features(model, ti, torch.stack(
-        [cache.preprocess(im) for im in imgs])), dbank, scale).rows()] for kind, imgs in ood.items()}
+    test = decide_features(test_x, test_t, bank, scale)
+    ood_dec = {kind: decide_features(*image_features(model, ti, torch.stack([cache.preprocess(im) for im in imgs])),
+                                     bank, scale) for kind, imgs in ood.items()}
     rates = decision_rates(test, test_y, unsafe, ood_dec)
     rates["calibration_targets_met"] = fitted.decision["targets_met"]
+    rates["can_flag"] = fitted.decision["can_flag"]
     _warn_unmet(dom.name, fitted, rates)
-    return DomainDecision(labels, fitted.decision, {"template": cfg.negative_template, "names": names}, (bank, bank_y),
+    tensors = {} if scope is None else scope.tensors()
+    tensors.update({"calibration.features": cal_x.half().contiguous(), "calibration.labels": y.contiguous(),
+                    "calibration.scope": cross[: len(calib)].float().contiguous()})
+    return DomainDecision(labels, fitted.decision, {"template": cfg.negative_template, "names": names}, tensors,
                           rates, {"test": test, "test_y": test_y.tolist(), "ood": ood_dec, "unsafe": unsafe.tolist(),
                                   "review_threshold": fitted.decision["review_threshold"],
                                   "threshold": fitted.threshold})
 
 
 def decision_rates(test: list[dict], y: Tensor, unsafe: Tensor, ood: dict[str, list[dict]]) -> dict:
-    """Test-split and OOD rates of the decisions, each with its 95% Wilson interval."""
+    """Test-split and OOD rates of the decisions, each with its 95% Wilson interval; per OOD kind also
+    the scope score's AUROC and FPR at 95% in-domain recall (OpenOOD's metrics)."""
     is_unsafe = unsafe[y].tolist()
 
     def count(items, key):
@@ -121,10 +138,13 @@ def decision_rates(test: list[dict], y: Tensor, unsafe: Tensor, ood: dict[str, l
     uns = [d for d, u in zip(test, is_unsafe, strict=True) if u]
     caught = sum(d["flagged"] or d["needs_review"] for d in uns)
     pooled = [d for items in ood.values() for d in items]
-    acc = sum(d["labels"][int(t)]["score"] == max(lab["score"] for lab in d["labels"]) for d, t in zip(
-        test, y.tolist(), strict=True)) / max(1, len(test))
+    correct = sum(d["labels"][int(t)]["score"] == max(lab["score"] for lab in d["labels"]) for d, t in zip(
+        test, y.tolist(), strict=True))
+    acc = wilson(correct, len(test))
+    in_scores = torch.tensor([d["scope_score"] for d in test], dtype=torch.float64)
     return {
-        "accuracy": round(acc, 4),
+        "accuracy": acc["rate"] if acc["rate"] is not None else 0.0,
+        "accuracy_interval": acc,
         "benign_false_flag": wilson(count(ben, "flagged"), len(ben)),
         "unsafe_recall": wilson(count(uns, "flagged"), len(uns)),
         "unsafe_caught": wilson(caught, len(uns)),
@@ -133,13 +153,36 @@ def decision_rates(test: list[dict], y: Tensor, unsafe: Tensor, ood: dict[str, l
         "ood_flagged": wilson(count(pooled, "flagged"), len(pooled)),
         "ood_in_scope": wilson(count(pooled, "in_scope"), len(pooled)),
         "ood_flagged_by_kind": {k: wilson(count(v, "flagged"), len(v)) for k, v in ood.items()},
+        "ood_by_kind": {k: ood_metrics(in_scores, torch.tensor([d["scope_score"] for d in v], dtype=torch.float64))
+                        for k, v in ood.items()},
     }
 
 
+def ood_metrics(in_scores: Tensor, out_scores: Tensor) -> dict:
+    """AUROC (in-domain scored above OOD; ties count half) and FPR@95 (share of OOD at or above the cut
+    that keeps 95% of in-domain images) of scope scores, OpenOOD's definitions. Infinite scores
+    (no scope model) give AUROC 0.5."""
+    if not len(in_scores) or not len(out_scores):
+        return {"auroc": None, "fpr95": None}
+    both = torch.cat([in_scores, out_scores]).nan_to_num(posinf=1e300, neginf=-1e300)
+    a, b = both[: len(in_scores)], both[len(in_scores):]
+    auroc = float(((a[:, None] > b[None]).double() + 0.5 * (a[:, None] == b[None]).double()).mean())
+    cut = torch.quantile(a, 0.05)
+    return {"auroc": round(auroc, 4), "fpr95": round(float((b >= cut).double().mean()), 4)}
+
+
 def _warn_unmet(domain: str, fitted: FittedRule, rates: dict) -> None:
-    met = fitted.decision["targets_met"]
-    if not met["max_false_flag"]:
-        log.warning("%s: too few benign calibration images for the false-flag target: nothing is flagged", domain)
-    if not met["review_target"]:
+    d = fitted.decision
+    if not d["can_flag"]:
+        log.warning("%s: cannot flag: %s", domain, d["cannot_flag_reason"])
+    elif not d["targets_met"]["max_false_flag"]:
+        log.warning("%s: %d benign calibration images are too few to show the false-flag target; the threshold is "
+                    "the point estimate (test false flags %s)", domain, d["calibration_split"]["benign"],
+                    _fmt(rates["benign_false_flag"]))
+    if d["can_flag"] and not d["targets_met"]["review_target"]:
         log.warning("%s: review target not met within the review budget (weak features); false flags kept at "
-                    "target, test caught %.2f", domain, rates["unsafe_caught"]["rate"] or 0.0)
+                    "target, test caught %s", domain, _fmt(rates["unsafe_caught"]))
+
+
+def _fmt(r: dict) -> str:
+    return "n/a" if r["rate"] is None else f"{r['rate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"

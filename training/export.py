@@ -47,11 +47,17 @@ def export_run(clip, encoder, data: TaskData, cache: ImageCache, final_path: Pat
     ood = ood_images(dcfg.ood_seed, dcfg.ood_per_kind, clip.info.image_size)
     store = PromptStore(store_dir)
     stamp = created_at(created)
-    out, curves = {}, {}
+    out, curves, summary = {}, {}, {}
+    refused = []
     for ti, dom in enumerate(data.domains):
         calib = dom.calibration(shots, seed)
-        fitted = fit_domain(model, ti, dom, clip.tokenizer, cache, calib, ood, dcfg)
-        metrics = {"accuracy": fitted.rates["accuracy"], "n_test": len(dom.test), "n_calibration": len(calib),
+        fitted = fit_domain(model, ti, dom, clip.tokenizer, cache, calib, dom.shots(shots, seed), ood, dcfg)
+        summary[dom.name] = fitted
+        if _refuse(dom, fitted, dcfg):
+            refused.append(dom.name)
+            continue
+        metrics = {"accuracy": fitted.rates["accuracy"], "accuracy_interval": fitted.rates["accuracy_interval"],
+                   "n_test": len(dom.test), "n_calibration": len(calib),
                    "split": "test", "decisions": fitted.rates, "variant": saved["key"]["variant"],
                    "train_seed": seed, "data_fingerprint": saved["key"]["data"],
                    "ood_probe": {"seed": dcfg.ood_seed, "per_kind": dcfg.ood_per_kind, "kinds": sorted(ood)}}
@@ -61,7 +67,7 @@ def export_run(clip, encoder, data: TaskData, cache: ImageCache, final_path: Pat
         bundle.manifest.decision = fitted.decision
         bundle.manifest.negatives = fitted.negatives
         bundle.manifest.created_at = stamp
-        bundle.tensors["scope.bank"], bundle.tensors["scope.labels"] = (t.contiguous() for t in fitted.bank)
+        bundle.tensors.update(fitted.tensors)
         if dom.name in model.label_cache:
             bundle.tensors["labels.cache"] = model.label_cache[dom.name].half().contiguous()
             bundle.manifest.prompt["cache_weight"] = model.cache_weights[dom.name]
@@ -75,11 +81,45 @@ def export_run(clip, encoder, data: TaskData, cache: ImageCache, final_path: Pat
                  "OOD flagged %.3f", dom.name, v, r["accuracy"], r["benign_false_flag"]["rate"],
                  r["unsafe_recall"]["rate"], r["unsafe_caught"]["rate"], r["review_rate"]["rate"],
                  r["ood_flagged"]["rate"])
-    if report_dir is not None:
+    if report_dir is not None and out:
         decision_plots(curves, Path(report_dir) / "decisions")
         write_json(Path(report_dir) / "decisions.json", {d: o["rates"] for d, o in out.items()})
         (Path(report_dir) / "decisions.md").write_text(decisions_markdown(out, dcfg) + "\n")
+    table = summary_table(summary, dcfg)
+    (log.warning if refused or not all(f.decision["can_flag"] for f in summary.values()) else log.info)(
+        "decisions per domain (test split, 95%% intervals):\n%s", table)
+    if refused:
+        raise UnflaggableDomains(f"not published: {', '.join(refused)} cannot flag any image ("
+                                 + "; ".join(f"{d}: {summary[d].decision['cannot_flag_reason']}" for d in refused)
+                                 + "); add calibration images, or pass --allow-unflaggable to publish anyway")
     return out
+
+
+class UnflaggableDomains(ValueError):
+    """Some domain with unsafe labels cannot flag at all; the others were published."""
+
+
+def _refuse(dom, fitted, dcfg: DecisionConfig) -> bool:
+    """A domain that has unsafe labels yet cannot flag is not published unless the operator allows it."""
+    has_unsafe = any(lab.unsafe for lab in dom.labels)
+    return has_unsafe and not fitted.decision["can_flag"] and not dcfg.allow_unflaggable
+
+
+def summary_table(fitted: dict, dcfg: DecisionConfig) -> str:
+    """One line per domain: can it flag, were the targets shown, and the test-split rates with intervals."""
+    def cell(r: dict) -> str:
+        return "n/a" if r["rate"] is None else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+    rows = [("domain", "can flag", f"false flags <= {dcfg.max_false_flag} shown", "review target shown",
+             "calibration images", "benign false flags", "unsafe recall", "unsafe caught")]
+    for dom, f in fitted.items():
+        d, r = f.decision, f.rates
+        rows.append((dom, "yes" if d["can_flag"] else f"NO ({d['cannot_flag_reason']})",
+                     "yes" if d["targets_met"]["max_false_flag"] else "no (point estimate)",
+                     "yes" if d["targets_met"]["review_target"] else "no", str(d["calibration_split"]["images"]),
+                     cell(r["benign_false_flag"]), cell(r["unsafe_recall"]), cell(r["unsafe_caught"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
 
 
 def rollback(store_dir: Path, domain: str, version: str, base=None) -> Path:

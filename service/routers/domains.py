@@ -21,8 +21,8 @@ async def domains(state: StateDep) -> dict:
         "domains": [
             {"domain": e.domain, "version": e.version, "group": e.group,
              "labels": label_infos(e),
-             "metrics": e.metrics, "decision": e.decision, "sha256": e.sha256, "created_at": e.created_at, "loaded_at": e.loaded_at,
-             "prompt": e.prompt}
+             "metrics": e.metrics, "decision": e.decision, "can_flag": e.rule.can_flag, "sha256": e.sha256,
+             "created_at": e.created_at, "loaded_at": e.loaded_at, "prompt": e.prompt}
             for e in (snapshot.domains[d] for d in snapshot.known())
         ],
         "router": router_info(snapshot.router),

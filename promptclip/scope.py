@@ -1,0 +1,158 @@
+"""Is an image in a domain's scope? Gaussian feature scores from a bundle's fitted scope model (DESIGN §11).
+
+An image a domain's labels were never made for (a photograph sent to `sketch`, a screenshot, noise)
+must not be read as one of its labels. The final, normalised embedding alone cannot tell: a small
+CLIP maps an unfamiliar photograph close to some label's mean. The image tower's intermediate
+layers can: their mean token carries the image statistics the domain's images share.
+
+A scope model is a few *signals*, each a Gaussian over one feature of the image fitted on the
+domain's own in-domain images (never on OOD images):
+
+* source ``layer<k>``: the mean of the original tokens after block k (multi-layer Mahalanobis);
+* source ``final``: the normalised embedding, class-conditional (nearest label mean).
+
+Each Gaussian keeps its top-r principal directions of the (shrunk, within-class) covariance and the
+mean variance left outside them, so a signal's squared distance is the Mahalanobis distance in the
+principal subspace plus ViM's residual outside it (exact Mahalanobis when r = D). A signal's score
+``-d^2 / D`` is standardised by the median and MAD of its cross-fitted calibration scores, and the
+domain's scope score is the mean (or min) over signals: higher is more in scope. The cut on it is
+split conformal on the same calibration images (`DecisionRule.scope_cut`).
+
+Serving does tensor work only: every parameter arrives fitted in the bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+COMBINES = ("mean", "min")
+FINAL = "final"
+
+
+def source_index(source: str) -> int:
+    """`final` -> -1; `layer<k>` -> k (k >= 1: after block k)."""
+    if source == FINAL:
+        return -1
+    if source.startswith("layer") and source[5:].isdigit() and int(source[5:]) >= 1:
+        return int(source[5:])
+    raise ValueError(f"unknown scope source {source!r}; known: 'final', 'layer1', 'layer2', ...")
+
+
+@dataclass(frozen=True)
+class GaussianSignal:
+    """One feature's Gaussian: d^2 = |V^T (x - mu)|^2_{inv_sd} + |x - mu - V V^T (x - mu)|^2 * resid_inv_var."""
+
+    source: str  # 'final' or 'layer<k>'
+    means: Tensor  # (C', D): one row (a single Gaussian) or one per label (nearest mean wins)
+    basis: Tensor  # (D, r) principal directions
+    inv_sd: Tensor  # (r + 1,): 1 / sqrt(eigenvalue) per direction, then 1 / sqrt(mean residual variance)
+    center: float = 0.0  # median of the cross-fitted calibration scores
+    spread: float = 1.0  # their median absolute deviation
+
+    def raw_score(self, x: Tensor) -> Tensor:
+        """(N,) -d^2 / D of features x (N, D) to the nearest mean (higher: more in scope)."""
+        x = x.float()
+        diff = x[:, None, :] - self.means[None].to(x)  # (N, C', D)
+        proj = diff @ self.basis.to(x)  # (N, C', r)
+        resid = (diff.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp_min(0)  # (N, C')
+        inv = self.inv_sd.to(x)
+        d2 = (proj * inv[:-1]).pow(2).sum(-1) + resid * inv[-1] ** 2  # (N, C')
+        return -d2.min(1).values / x.shape[1]
+
+    def score(self, x: Tensor) -> Tensor:
+        """(N,) the raw score standardised by the calibration median and MAD."""
+        return (self.raw_score(x) - self.center) / self.spread
+
+    def to(self, device) -> GaussianSignal:
+        return GaussianSignal(self.source, self.means.to(device), self.basis.to(device), self.inv_sd.to(device),
+                              self.center, self.spread)
+
+
+def signal_input(source: str, feats: Tensor, taps: Tensor | None) -> Tensor:
+    """The (N, D) feature a signal reads: the normalised embedding, or a layer's mean token from `taps`."""
+    k = source_index(source)
+    if k < 0:
+        return feats
+    if taps is None or taps.shape[1] < k:
+        raise ValueError(f"scope signal {source} needs the image tower's layer taps "
+                         f"(PromptedCLIP.encode_image(..., taps=True)); got {None if taps is None else tuple(taps.shape)}")
+    return taps[:, k - 1]
+
+
+@dataclass(frozen=True)
+class ScopeModel:
+    """A domain's fitted scope signals and how they combine into one score."""
+
+    signals: tuple[GaussianSignal, ...]
+    combine: str = "mean"  # mean | min of the standardised signal scores
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINES:
+            raise ValueError(f"unknown scope combine {self.combine!r}; known: {COMBINES}")
+
+    @property
+    def needs_taps(self) -> bool:
+        return any(source_index(s.source) > 0 for s in self.signals)
+
+    def signal_scores(self, feats: Tensor, taps: Tensor | None) -> Tensor:
+        """(N, S) standardised score of every signal."""
+        return torch.stack([s.score(signal_input(s.source, feats, taps)) for s in self.signals], 1)
+
+    def score(self, feats: Tensor, taps: Tensor | None) -> Tensor:
+        """(N,) the domain's scope score of normalised embeddings (N, E) and layer taps (N, L, W)."""
+        z = self.signal_scores(feats, taps)
+        return z.mean(1) if self.combine == "mean" else z.min(1).values
+
+    def to(self, device) -> ScopeModel:
+        return ScopeModel(tuple(s.to(device) for s in self.signals), self.combine)
+
+    # ------------------------------------------------------------------ bundle form
+    def tensors(self) -> dict[str, Tensor]:
+        """Bundle tensors: scope.<source>.means / .basis (fp16) and .inv_sd (fp32)."""
+        out = {}
+        for s in self.signals:
+            out[f"scope.{s.source}.means"] = s.means.detach().cpu().half().contiguous()
+            out[f"scope.{s.source}.basis"] = s.basis.detach().cpu().half().contiguous()
+            out[f"scope.{s.source}.inv_sd"] = s.inv_sd.detach().cpu().float().contiguous()
+        return out
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's `decision.scope.model`: sources, standardisation and combine."""
+        return {"combine": self.combine, "signals": [
+            {"source": s.source, "center": s.center, "spread": s.spread, "classes": int(s.means.shape[0]),
+             "rank": int(s.basis.shape[1]), "dim": int(s.basis.shape[0])} for s in self.signals]}
+
+    @classmethod
+    def from_bundle(cls, meta: Mapping[str, Any] | None, tensors: Mapping[str, Tensor]) -> ScopeModel | None:
+        """The model a bundle stores (None without one); ValueError naming what does not fit."""
+        if not meta or not meta.get("signals"):
+            return None
+        signals = []
+        for sm in meta["signals"]:
+            src = sm["source"]
+            source_index(src)
+            try:
+                means, basis, inv = (tensors[f"scope.{src}.{k}"].float() for k in ("means", "basis", "inv_sd"))
+            except KeyError as e:
+                raise ValueError(f"scope signal {src}: tensor {e.args[0]} is missing") from None
+            if means.dim() != 2 or basis.dim() != 2 or basis.shape[0] != means.shape[1] \
+                    or tuple(inv.shape) != (basis.shape[1] + 1,):
+                raise ValueError(f"scope signal {src}: means {tuple(means.shape)}, basis {tuple(basis.shape)}, "
+                                 f"inv_sd {tuple(inv.shape)} do not fit (C', D), (D, r), (r + 1,)")
+            spread = float(sm.get("spread", 1.0))
+            if not spread > 0:
+                raise ValueError(f"scope signal {src}: spread must be > 0, got {spread}")
+            signals.append(GaussianSignal(src, means, basis, inv, float(sm.get("center", 0.0)), spread))
+        return cls(tuple(signals), meta.get("combine", "mean"))
+
+
+def scope_tensor_names(meta: Mapping[str, Any] | None) -> Sequence[str]:
+    """The tensor names a bundle's scope model needs."""
+    if not meta:
+        return ()
+    return [f"scope.{s['source']}.{k}" for s in meta.get("signals", []) for k in ("means", "basis", "inv_sd")]
