@@ -1,5 +1,8 @@
 """`python -m service`: serve the app under uvicorn with the MODERATION_* settings.
 
+`python -m service --help` prints every setting (environment variable, default, meaning, read
+from `service.settings.Settings`) and exits without loading the model or binding a port.
+
 SIGTERM: /readyz turns 503 at once; after MODERATION_DRAIN_DELAY_S (time for a load balancer to
 notice) uvicorn stops accepting connections, in-flight requests finish (at most
 MODERATION_DRAIN_TIMEOUT_S), the lifespan drains the batching queue, and the process exits.
@@ -7,35 +10,74 @@ MODERATION_DRAIN_TIMEOUT_S), the lifespan drains the batching queue, and the pro
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import threading
 from types import FrameType
 
-import uvicorn
-
-from .main import create_app
-from .settings import get_settings
-from .state import ServiceState
-
 log = logging.getLogger("service")
 
+DESCRIPTION = """Serve the moderation API (uvicorn) with the settings below.
 
-class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: ServiceState):
-        super().__init__(config)
-        self.state = state
+With no settings at all it serves the embedded tiny CLIP and the demo bundles of ./prompts_store
+on 127.0.0.1:8000, offline. Settings are environment variables (MODERATION_<NAME>) or lines of a
+.env file in the working directory. There are no command-line options besides --help.
+API reference: http://HOST:PORT/docs once running; README.md and docs/service.md."""
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        st, delay = self.state, self.state.settings.drain_delay_s
-        first = not st.draining
-        st.draining, st.ready = True, False
-        if first:
-            log.info("signal %d: draining (readyz 503); closing in %.1f s", sig, delay)
-        if first and delay > 0:
-            threading.Timer(delay, uvicorn.Server.handle_exit, args=(self, sig, None)).start()
-        else:
-            super().handle_exit(sig, frame)
+# Meanings for the few settings whose field carries no description yet (service/settings.py).
+_UNDESCRIBED = {"host": "listen address (0.0.0.0 to listen on every interface, as in the container)",
+                "port": "listen port", "log_level": "debug | info | warning | error",
+                "warmup": "run a warm-up forward pass before /readyz turns 200",
+                "access_log": "uvicorn's access log, one line per request"}
+
+
+def _default(field) -> str:
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if hasattr(value, "get_secret_value"):
+        return "(secret)"
+    return str(value)
+
+
+def settings_help() -> str:
+    """Every setting: environment variable, default and meaning, read from the Settings fields."""
+    from .settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    lines = ["settings (environment variable = default: meaning):"]
+    for name, field in Settings.model_fields.items():
+        meaning = field.description or _UNDESCRIBED.get(name, "")
+        lines.append(f"  {prefix}{name.upper()} = {_default(field)}")
+        if meaning:
+            lines.append(f"      {meaning}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m service", description=DESCRIPTION, epilog=settings_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args(argv)
+
+
+def draining_server(config, state):
+    """A uvicorn.Server whose SIGTERM drains first (uvicorn is imported only when the server runs)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            st, delay = state, state.settings.drain_delay_s
+            first = not st.draining
+            st.draining, st.ready = True, False
+            if first:
+                log.info("signal %d: draining (readyz 503); closing in %.1f s", sig, delay)
+            if first and delay > 0:
+                threading.Timer(delay, uvicorn.Server.handle_exit, args=(self, sig, None)).start()
+            else:
+                super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
 
 
 def _short_startup_failure(record: logging.LogRecord) -> bool:
@@ -47,7 +89,13 @@ def _short_startup_failure(record: logging.LogRecord) -> bool:
     return True
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parse_args(argv)  # --help prints the settings and exits 0 before anything loads
+    import uvicorn
+
+    from .main import create_app  # torch and the model code: only when the server runs
+    from .settings import get_settings
+
     settings = get_settings()
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,7 +104,7 @@ def main() -> None:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                             access_log=settings.access_log, timeout_graceful_shutdown=int(settings.drain_timeout_s),
                             proxy_headers=False)
-    server = DrainingServer(config, app.state.service)
+    server = draining_server(config, app.state.service)
     server.run()
     if not server.started:
         sys.exit(3)  # startup failed (the log says why), as `uvicorn` itself exits

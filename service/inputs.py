@@ -1,4 +1,11 @@
-"""Reading request bodies: multipart or JSON, with byte limits enforced while reading."""
+"""Reading request bodies: multipart or JSON, with byte limits enforced while reading.
+
+Body limit: a request body may hold its images base64-encoded (JSON) or as multipart parts, so
+the limit follows from MODERATION_MAX_IMAGE_BYTES (`body_limit`): per image 4/3 of it (base64)
+plus 64 KiB of boundaries and keys, plus 64 KiB for the request. With the default 10 MiB,
+/classify accepts bodies up to 14,112,089 bytes and /classify/batch (MAX_BATCH_ITEMS = 64) up to
+64 times that; larger bodies get 413 payload_too_large, larger images 413 image_too_large.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,15 @@ def content_kind(request: Request) -> str:
         return ctype
     raise ApiError(415, "unsupported_media_type",
                    f"content type {ctype or 'none'!r} is not accepted; send multipart/form-data or application/json")
+
+
+def require_json(request: Request) -> None:
+    """415, as /classify answers it, for a body that is not application/json (a FastAPI dependency)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != JSON:
+        raise ApiError(415, "unsupported_media_type",
+                       f"content type {ctype or 'none'!r} is not accepted; send application/json "
+                       "(curl: -H 'content-type: application/json')")
 
 
 def check_content_length(request: Request, limit: int) -> None:

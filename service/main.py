@@ -184,6 +184,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
+    from .docs import install_docs  # /docs and /redoc with local assets (no CDN)
+
+    install_docs(app)
     for r in (classify.router, moderations.router, domains.router, admin.router, health.router, metrics.router,
               review.router):
         app.include_router(r)

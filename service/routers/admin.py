@@ -18,7 +18,7 @@ from promptclip import Label
 from promptclip.labels import LabelEditError, publish_label_edit
 
 from ..errors import ApiError
-from ..inputs import lookup
+from ..inputs import lookup, require_json
 from ..schemas import ADMIN_ERRORS, LabelAddRequest, LabelChangeResponse, ReloadResponse, error_doc
 from ..state import ServiceState, StateDep
 from .domains import label_infos
@@ -43,6 +43,7 @@ def require_admin(state: StateDep,
 
 
 AdminDep = Annotated[ServiceState, Depends(require_admin)]
+JsonBody = Annotated[None, Depends(require_json)]  # 415 for a form-encoded body (curl -d without a content type)
 
 
 async def reload_store(state: ServiceState) -> dict:
@@ -72,6 +73,8 @@ LABEL_ERRORS = {
     404: error_doc("Unknown domain or label", "unknown_label", "photo has no label 'star'; labels: [...]"),
     409: error_doc("The label exists already, the domain would keep fewer than 2 labels or more than 256, or the "
                    "store is not writable", "label_exists", "photo already has a label 'star'; remove it first"),
+    415: error_doc("The body is not application/json", "unsupported_media_type",
+                   "content type 'application/x-www-form-urlencoded' is not accepted; send application/json"),
     422: error_doc("Invalid label fields", "validation_error", "threshold: Input should be less than or equal to 1"),
 }
 DomainPath = Annotated[str, PathParam(description="a served domain", examples=["photo"])]
@@ -100,7 +103,7 @@ async def edit_labels(state: ServiceState, domain: str, *, add: Label | None = N
 
 @router.post("/domains/{domain}/labels", response_model=LabelChangeResponse, status_code=201,
              responses=LABEL_ERRORS, summary="Add a label to a domain without retraining")
-async def add_label(domain: DomainPath, body: LabelAddRequest, state: AdminDep) -> dict:
+async def add_label(domain: DomainPath, body: LabelAddRequest, state: AdminDep, _json: JsonBody) -> dict:
     """Publishes the domain's next version (same prompt tensors, one more label, uncalibrated: its probability
     is the closed-set softmax) and hot-reloads it."""
     label = Label(body.name, body.prompt, body.unsafe, body.threshold, openai_category=body.openai_category)

@@ -39,12 +39,32 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["classify"])
 
 
+def _query_domain(request: Request, body_domain: Any) -> Any:
+    """The domain from `?domain=` or the body (either may be given; both only if they agree, else 422)."""
+    query = request.query_params.getlist("domain")
+    if len(query) > 1:
+        raise validation_error("'domain' is given more than once in the query string; send one")
+    if not query:
+        return body_domain
+    if body_domain is not None and body_domain != query[0]:
+        raise validation_error(f"two domains: {query[0]!r} in the query string and {body_domain!r} in the body; "
+                               "send one")
+    return query[0]
+
+
+def _no_query_domain(request: Request) -> None:
+    if "domain" in request.query_params:
+        raise validation_error("/classify/batch takes its domains in the body ('domains', one per image or one "
+                               "for all; or each item's 'domain'), not in the query string")
+
+
+@router.post("/classify/", include_in_schema=False)  # the trailing slash: the same route, no redirect
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=CLASSIFY_BODY,
              summary="Classify one image in its domain (or the domain the router picks)")
 async def classify(request: Request, state: StateDep) -> JSONResponse:
-    """Multipart `image` (file) + `domain` (field), or JSON `{"image": <base64>, "domain": ...}`. Without a
-    domain (or with `auto`) the store's domain router picks it, and `routing` says which, with what
-    confidence."""
+    """Multipart `image` (file) + `domain` (field), or JSON `{"image": <base64>, "domain": ...}`; the domain
+    may also come as `?domain=` (422 if it contradicts the body's). Without a domain (or with `auto`) the
+    store's domain router picks it, and `routing` says which, with what confidence."""
     t0 = time.perf_counter()
     snapshot = state.registry.snapshot  # this request finishes on the bundles loaded now
     s = state.settings
@@ -58,7 +78,7 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
             if len(images) > 1:
                 raise validation_error(f"send exactly one 'image' to /classify ({len(images)} given); "
                                        "use /classify/batch for several")
-            domain = requested_domain(form.get("domain"))
+            domain = requested_domain(_query_domain(request, form.get("domain")))
             data = await read_upload(images[0], "image", s.max_image_bytes)
         finally:
             await form.close()  # spooled upload files
@@ -68,7 +88,7 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
             req = ClassifyRequest.model_validate(raw)
         except ValidationError as e:
             raise validation_error(_pydantic_message(e)) from None
-        domain = requested_domain(req.domain)
+        domain = requested_domain(_query_domain(request, req.domain))
         if domain is not None:
             lookup(snapshot, domain)  # 404 before decoding base64
         data = decode_base64(req.image, s.max_image_bytes)
@@ -114,6 +134,7 @@ async def _read_batch_form(form, items: list[Item], n_max: int, max_bytes: int, 
             items.append(Item(error=e))
 
 
+@router.post("/classify/batch/", include_in_schema=False)
 @router.post("/classify/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY,
              summary="Classify many images, mixed (or routed) domains, per-item results")
 async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
@@ -121,6 +142,7 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
     `{"items": [{"image": <base64>, "domain": ...}, ...]}` (an item without a domain is routed). A bad
     item fails alone (its `status` and `error`); the others are classified in the same micro-batches."""
     t0 = time.perf_counter()
+    _no_query_domain(request)
     snapshot = state.registry.snapshot
     s = state.settings
     n_max = s.max_batch_items

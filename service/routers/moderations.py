@@ -136,6 +136,7 @@ def moderation_result(entry: DomainEntry, answer: dict) -> dict:
             "domain": answer["domain"], "needs_review": answer["needs_review"], "routing": answer.get("routing")}
 
 
+@router.post("/moderations/", include_in_schema=False)  # the trailing slash: the same route, no redirect
 @router.post("/moderations", response_model=ModerationResponse, responses=MODERATION_ERRORS,
              openapi_extra=MODERATION_BODY, summary="OpenAI-compatible moderation of images")
 async def moderations(request: Request, state: StateDep) -> JSONResponse:
