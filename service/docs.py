@@ -1,8 +1,9 @@
-"""Offline API docs: /docs (Swagger UI) and /redoc with their assets served by this process.
+"""Offline API docs: /docs (Swagger UI) with its assets served by this process.
 
 FastAPI's own pages load Swagger UI and ReDoc from a CDN, so they are blank on the offline hosts
 this service targets. The assets come from an installed package (`fastapi-offline`, in the
-`[serve]` extra) and are served under /docs-assets/; the pages reference nothing else.
+`[serve]` extra) and are served under /docs-assets/; the page references nothing else. /redoc is
+not served: ReDoc's bundle fetches its logo from a CDN whatever it is given.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 log = logging.getLogger(__name__)
 
 ASSETS = "/docs-assets"
-_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
 
 
 def asset_dir() -> Path | None:
@@ -36,7 +37,7 @@ def _drop_routes(app: FastAPI, paths: set[str]) -> None:
 
 
 def install_docs(app: FastAPI) -> None:
-    """Replace FastAPI's CDN-backed /docs and /redoc with pages whose assets this app serves."""
+    """Replace FastAPI's CDN-backed /docs with a page whose assets this app serves; drop /redoc."""
     cdn_pages = {p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p}
     _drop_routes(app, cdn_pages)
     app.docs_url = app.redoc_url = None  # FastAPI must not add them back
@@ -61,10 +62,3 @@ def install_docs(app: FastAPI) -> None:
     @app.get(oauth2, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=root + openapi_url, title=f"{app.title} - ReDoc",
-                              redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{ASSETS}/favicon.png", with_google_fonts=False)

@@ -1,13 +1,19 @@
-"""`python -m training <command>`: synth, pretrain-tiny, group, train, evaluate, export, rollback, fit, router,
-label, demo.
+"""Train prompt bundles for your image domains and publish them into a bundle store.
 
-Options come from the dataclasses in config.py (their defaults and help texts), so `--help`
-shows every default. `main(argv)` is what tests call.
+Data is one folder per domain, one sub-folder per label: DATA/<domain>/<label>/<image>, with an
+optional DATA/<domain>/labels.json for prompts and unsafe flags. The usual run is one command:
+
+  python -m training fit --data DATA --out RUN --store STORE
+
+(group, train, evaluate and export in one go), then serve STORE with MODERATION_STORE_DIR=STORE
+python -m service. Each command's --help lists the options an operator sets first; the groups
+marked "advanced" are research knobs whose defaults are tuned.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -33,8 +39,8 @@ from .router_config import RouterConfig
 log = logging.getLogger("training")
 
 
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show an option's default unless it is None or the help text already says it."""
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show an option's default unless it is None or the help text already says it; keep paragraphs."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -43,14 +49,38 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# Config fields an operator sets, shown in the first group; every other field is a research knob.
+OPERATOR_FIELDS = {"model", "pretrained", "device", "threads", "seed", "seeds", "per_class", "size", "shots",
+                   "val_frac", "max_false_flag", "review_target", "review_budget", "scope_keep", "allow_unflaggable",
+                   "version", "router_version", "min_confidence"}
+# Advanced group titles per config dataclass.
+ADVANCED = {"SplitConfig": "data splits", "PromptSizes": "prompt sizes", "TrainConfig": "training recipe",
+            "GroupConfig": "task grouping", "EvalConfig": "evaluation", "DecisionConfig": "decision rule",
+            "ExportConfig": "export", "RouterConfig": "domain router", "PretrainConfig": "tiny CLIP pretraining"}
+# Operator-facing help for fields whose config help speaks to developers, or that other configs add later.
+HELP = {"allow_unflaggable": "publish even when a domain with unsafe labels cannot flag at all (its calibration "
+                             "data cannot support the targets); without it, export exits non-zero"}
+
+
+def operator_group(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The parser's first group ("options", beside --help): data, output, store, model, device, targets, seeds."""
+    return p._optionals
+
+
 def add_config(p: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
-    g = p.add_argument_group(cls.__name__)
+    """One option per field of `cls`: operator fields in the first group, the others in an advanced group."""
+    advanced = None
     for f in fields(cls):
         if f.name in skip:
             continue
+        if f.name in OPERATOR_FIELDS:
+            g = operator_group(p)
+        else:
+            advanced = advanced or p.add_argument_group(f"advanced: {ADVANCED.get(cls.__name__, cls.__name__)}")
+            g = advanced
         default = f.default if f.default is not MISSING else f.default_factory()
         name = "--" + (prefix + f.name).replace("_", "-")
-        kw = {"default": default, "help": f.metadata.get("help", ""), "dest": prefix + f.name}
+        kw = {"default": default, "help": HELP.get(f.name) or f.metadata.get("help", ""), "dest": prefix + f.name}
         if isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
@@ -66,93 +96,129 @@ def read_config(ns: argparse.Namespace, cls, prefix: str = "", **override):
     return cls(**vals)
 
 
+RECALIBRATE = "training.recalibrate"  # add_arguments(parser), run(args) -> int; absent: no recalibrate command
+
+
+def _recalibrate_module():
+    """training.recalibrate when it is installed (it imports no torch at import), else None."""
+    if importlib.util.find_spec(RECALIBRATE) is None:
+        return None
+    return importlib.import_module(RECALIBRATE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = DefaultsFormatter
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for input errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write the synthetic multi-domain data set", formatter_class=fmt)
-    s.add_argument("--out", required=True, type=Path, help="output DATA directory")
-    add_config(s, SynthConfig)
+    def command(name: str, summary: str, description: str = "", usage: str | None = None):
+        text = f"{summary[0].upper()}{summary[1:]}."
+        return sub.add_parser(name, help=summary, description=f"{text}\n\n{description}" if description else text,
+                              formatter_class=fmt, usage=usage and f"%(prog)s {usage} [options]")
 
-    s = sub.add_parser("pretrain-tiny", help="pretrain the embedded tiny CLIP on a captioned synthetic corpus",
-                       formatter_class=fmt)
-    add_config(s, PretrainConfig)
-    s.add_argument("--threads", type=int, default=ModelConfig.threads, help="torch CPU threads")
+    def data_args(s, required=True):
+        s.add_argument("--data", required=required, type=Path, default=None,
+                       help="DATA directory: DATA/<domain>/<label>/<image> (one folder per domain)")
+        s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: every folder of DATA)")
 
-    def common(s, data=True):
-        if data:
-            s.add_argument("--data", required=True, type=Path, help="DATA directory (ImageFolder per domain)")
-            s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all folders)")
+    def model_args(s):
         add_config(s, ModelConfig)
-        s.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory, for towers whose tokenizer open_clip downloads (SigLIP); needs the [hf] extra")
+        s.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory, for towers whose "
+                                                         "tokenizer open_clip downloads (SigLIP); needs the [hf] extra")
+
+    def recipe(s):
         add_config(s, SplitConfig)
         add_config(s, PromptSizes)
         add_config(s, TrainConfig)
 
-    s = sub.add_parser("group", help="group tasks by gradient similarity of global prompts", formatter_class=fmt)
-    common(s)
+    s = command("fit", "group, train, evaluate and export in one go",
+                "The usual command: writes RUN/groups.json, RUN/report.md, RUN/decisions.md and publishes one\n"
+                "bundle per domain (and the domain router) into STORE. Set the decision targets here.",
+                usage="--data DATA --out RUN --store STORE")
+    data_args(s)
+    s.add_argument("--out", required=True, type=Path, help="RUN directory (reports, checkpoints)")
+    s.add_argument("--store", required=True, type=Path, help="bundle store to publish into")
+    model_args(s)
+    recipe(s)
+    add_config(s, GroupConfig, prefix="group_")
+    add_config(s, EvalConfig)
+    add_config(s, ExportConfig, skip=("seed",))
+    add_config(s, DecisionConfig)
+    s.add_argument("--no-router", action="store_true", help="do not fit and publish the domain router")
+    add_config(s, RouterConfig)
+
+    s = command("synth", "write the synthetic multi-domain data set",
+                "Writes DATA/<domain>/<label>/*.png and DATA/planted_groups.json; a seed gives the same images on "
+                "every release.")
+    s.add_argument("--out", required=True, type=Path, help="output DATA directory")
+    add_config(s, SynthConfig)
+
+    s = command("group", "group the domains by gradient similarity",
+                "Writes RUN/similarity.json, RUN/groups.json and RUN/similarity.png.",
+                usage="--data DATA --out RUN")
+    data_args(s)
     s.add_argument("--out", required=True, type=Path, help="RUN directory")
+    model_args(s)
+    recipe(s)
     add_config(s, GroupConfig, prefix="group_")
 
-    s = sub.add_parser("train", help="train group + private prompts", formatter_class=fmt)
-    common(s)
-    s.add_argument("--groups", required=True, type=Path, help="groups.json from `group`")
+    s = command("train", "train the group-shared and private prompts",
+                "Writes RUN/models/<variant>-s<seed>/ with checkpoints; --resume continues an interrupted run.",
+                usage="--data DATA --groups RUN/groups.json --out RUN")
+    data_args(s)
+    s.add_argument("--groups", required=True, type=Path, help="groups.json written by `group`")
     s.add_argument("--out", required=True, type=Path, help="RUN directory")
-    s.add_argument("--variant", default="group_private", help="which variant to train (see evaluate)")
     s.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
-    s.add_argument("--stop-after", type=int, default=0, help="stop after this many epochs (0: run to the end)")
+    model_args(s)
+    recipe(s)
+    g = s.add_argument_group("advanced: run control")
+    g.add_argument("--variant", default="group_private", help="which variant to train (the rows of evaluate's report)")
+    g.add_argument("--stop-after", type=int, default=0, help="stop after this many epochs (0: run to the end)")
 
-    s = sub.add_parser("evaluate", help="the variants, controls and baselines on the test split -> report.json/.md",
-                       formatter_class=fmt)
-    common(s)
+    s = command("evaluate", "compare the trained prompts with baselines on the test split",
+                "Writes RUN/report.json and RUN/report.md (accuracy per domain, several seeds, 95% intervals).",
+                usage="--data DATA --run RUN")
+    data_args(s)
     s.add_argument("--run", required=True, type=Path, help="RUN directory (reads RUN/groups.json)")
+    model_args(s)
+    recipe(s)
     add_config(s, EvalConfig)
 
-    s = sub.add_parser("export", help="publish one bundle per domain into a store", formatter_class=fmt)
-    s.add_argument("--run", required=True, type=Path, help="RUN directory")
-    s.add_argument("--store", required=True, type=Path, help="bundle store root")
+    s = command("export", "fit each domain's decision rule and publish one bundle per domain",
+                "Publishes into STORE (new version, CURRENT updated) and writes RUN/decisions.md. Set the\n"
+                "decision targets here.",
+                usage="--run RUN --store STORE")
+    s.add_argument("--run", required=True, type=Path, help="RUN directory written by train")
+    s.add_argument("--store", required=True, type=Path, help="bundle store to publish into")
     s.add_argument("--data", type=Path, default=None, help="DATA directory (default: the one RUN was trained on)")
     s.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the one RUN was trained with)")
     add_config(s, ExportConfig)
     add_config(s, DecisionConfig)
 
-    s = sub.add_parser("rollback", help="point a domain's CURRENT at an older version", formatter_class=fmt)
-    s.add_argument("--store", required=True, type=Path, help="bundle store root")
-    s.add_argument("--domain", required=True, help="domain")
+    s = command("rollback", "point a domain's CURRENT at an older version",
+                "The service picks it up on /admin/reload or its next poll.")
+    s.add_argument("--store", required=True, type=Path, help="bundle store")
+    s.add_argument("--domain", required=True, help="a domain of the store")
     s.add_argument("--version", required=True, help="version to make current, e.g. v0001")
 
-    s = sub.add_parser("fit", help="group, train, evaluate and export in one go", formatter_class=fmt)
-    common(s)
-    s.add_argument("--out", required=True, type=Path, help="RUN directory")
-    s.add_argument("--store", required=True, type=Path, help="bundle store root")
-    add_config(s, GroupConfig, prefix="group_")
-    add_config(s, EvalConfig)
-    add_config(s, ExportConfig, skip=("seed",))
-    add_config(s, DecisionConfig)
-
-    s.add_argument("--no-router", action="store_true", help="do not fit and publish the domain router")
-    add_config(s, RouterConfig)
-
-    s = sub.add_parser("router", help="fit the domain router on bare-CLIP features and publish it into a store",
-                       formatter_class=fmt)
-    s.add_argument("--data", required=True, type=Path, help="DATA directory (ImageFolder per domain)")
-    s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: all folders)")
-    s.add_argument("--store", required=True, type=Path, help="bundle store root (writes STORE/_router/)")
-    s.add_argument("--created-at", default="", help="manifest created_at (empty: now)")
-    add_config(s, ModelConfig)
-    s.add_argument("--tokenizer", default=None, help="local Hugging Face tokenizer directory (SigLIP offline)")
+    s = command("router", "fit the domain router and publish it into a store",
+                "The router picks a domain for images sent without one (STORE/_router/).",
+                usage="--data DATA --store STORE")
+    data_args(s)
+    s.add_argument("--store", required=True, type=Path, help="bundle store (writes STORE/_router/)")
+    model_args(s)
     add_config(s, SplitConfig)
     add_config(s, RouterConfig)
+    g = s.add_argument_group("advanced: reproducible builds")
+    g.add_argument("--created-at", default="", help="manifest created_at (empty: now)")
 
-    s = sub.add_parser("label", help="add or remove a label of a published domain without retraining",
-                       formatter_class=fmt)
-    lab = s.add_subparsers(dest="label_command", required=True)
+    s = command("label", "add or remove a label of a published domain without retraining")
+    lab = s.add_subparsers(dest="label_command", required=True, metavar="ACTION")
     for name, what in (("add", "publish the next version with one more (uncalibrated) label"),
                        ("remove", "publish the next version without a label")):
-        t = lab.add_parser(name, help=what, formatter_class=fmt)
-        t.add_argument("--store", required=True, type=Path, help="bundle store root")
+        t = lab.add_parser(name, help=what, description=what, formatter_class=fmt)
+        t.add_argument("--store", required=True, type=Path, help="bundle store")
         t.add_argument("--domain", required=True, help="domain whose CURRENT bundle is edited")
         t.add_argument("--name", required=True, help="label name, e.g. star")
         if name == "add":
@@ -161,8 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--threshold", type=float, default=0.5, help="probability at or above which it flags")
             t.add_argument("--openai-category", default=None, help="OpenAI moderation category it also reports")
 
-    s = sub.add_parser("demo", help="rebuild the embedded tiny CLIP and the demo bundles from seeds",
-                       formatter_class=fmt)
+    recal = _recalibrate_module()
+    if recal is not None:
+        s = command("recalibrate", "refit a domain's decision rule with reviewers' verdicts and publish it")
+        recal.add_arguments(s)
+
+    s = command("pretrain-tiny", "pretrain the embedded tiny CLIP on a captioned synthetic corpus",
+                "Rewrites promptclip/embedded/tiny-clip.safetensors (the shipped demo model).")
+    s.add_argument("--threads", type=int, default=ModelConfig.threads, help="torch CPU threads")
+    add_config(s, PretrainConfig)
+
+    s = command("demo", "rebuild the embedded tiny CLIP and the demo bundles from seeds",
+                "Replaces the demo domains of STORE; the same software versions give the same files.")
     s.add_argument("--work", type=Path, default=Path("runs/demo"), help="scratch directory (data, run)")
     s.add_argument("--store", type=Path, default=Path("prompts_store"), help="store whose domains are replaced")
     s.add_argument("--skip-pretrain", action="store_true", help="reuse the embedded tiny CLIP as it is")
@@ -370,9 +446,13 @@ def cmd_demo(ns) -> int:
     return 0
 
 
+def cmd_recalibrate(ns) -> int:
+    return _recalibrate_module().run(ns)
+
+
 COMMANDS = {"synth": cmd_synth, "pretrain-tiny": cmd_pretrain, "group": cmd_group, "train": cmd_train,
             "evaluate": cmd_evaluate, "export": cmd_export, "rollback": cmd_rollback, "fit": cmd_fit,
-            "router": cmd_router, "label": cmd_label, "demo": cmd_demo}
+            "router": cmd_router, "label": cmd_label, "demo": cmd_demo, "recalibrate": cmd_recalibrate}
 
 
 def main(argv: list[str] | None = None) -> int:
