@@ -11,10 +11,12 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 
 from promptclip import (
+    GaussianSignal,
     ImageRunner,
     Label,
     PromptConfig,
     PromptStore,
+    ScopeModel,
     TaskPrompts,
     bundle_from_prompts,
 )
@@ -42,11 +44,12 @@ def save_random_clip(model_name: str, path: Path, seed: int = 0) -> Path:
 
 
 def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_private: int,
-                    negatives: int = 256, scope_bank: int = 256) -> None:
+                    negatives: int = 256, scope_rank: int = 64) -> None:
     """One bundle per domain; domains paired into groups, as grouping would do.
 
     Each carries the full decision rule that export writes (calibrated labels, `negatives`
-    negative labels, a `scope_bank`-row scope bank), so the server does all of its scoring work.
+    negative labels, a scope model with a Gaussian signal per image-tower layer and one on the
+    embedding, each of rank `scope_rank`), so the server does all of its scoring work.
     """
     info = clip.info
     groups = [domains[i:i + 2] for i in range(0, len(domains), 2)]
@@ -59,12 +62,21 @@ def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_p
                         calibration={"method": "platt", "a": 1.0, "b": 0.0}) for lab in LABELS]
         bundle = bundle_from_prompts(prompts, d, version="v0001", base=info, labels=labels, metrics={"accuracy": 0.0})
         bundle.manifest.negatives = {"template": "a photo of a {}.", "names": list(IMAGENET_CLASSNAMES[:negatives])}
-        bundle.manifest.decision = {"review_threshold": 0.3, "scope": {"cut": -1e9}}
-        g = torch.Generator().manual_seed(len(d))
-        bundle.tensors["scope.bank"] = torch.nn.functional.normalize(
-            torch.randn(scope_bank, info.embed_dim, generator=g), dim=-1).half()
-        bundle.tensors["scope.labels"] = torch.arange(scope_bank) % len(LABELS)
+        scope = _random_scope(info, scope_rank, torch.Generator().manual_seed(len(d)))
+        bundle.manifest.decision = {"review_threshold": 0.3, "scope": {"cut": -1e9, "model": scope.manifest()}}
+        bundle.tensors.update(scope.tensors())
         store.publish(bundle, base=info)
+
+
+def _random_scope(info, rank: int, g: torch.Generator) -> ScopeModel:
+    """A scope model of the shape export fits (every layer's mean token and the embedding), random values."""
+    sources = [(f"layer{k}", info.vision_width) for k in range(1, info.vision_layers + 1)] + [("final", info.embed_dim)]
+    signals = []
+    for src, dim in sources:
+        r = min(rank, dim)
+        basis, _ = torch.linalg.qr(torch.randn(dim, r, generator=g))
+        signals.append(GaussianSignal(src, torch.randn(1, dim, generator=g), basis, torch.rand(r + 1, generator=g) + 0.5))
+    return ScopeModel(tuple(signals))
 
 
 def publish_router(clip, store_dir: Path, domains: list[str], pixels: list[torch.Tensor]) -> None:

@@ -3,11 +3,13 @@
     python -m service &                      # the embedded default on :8000
     python scripts/measure_decisions.py --url http://127.0.0.1:8000 --world-seed 4242 --ood-seed 777
 
-Prints, per domain, the benign false-flag rate, unsafe recall (flagged), unsafe caught (flagged
-or sent to review), review rate and OOD flagged, with 95% Wilson intervals, the OOD flag rate per
-kind pooled over domains, and what each manifest claims; then one JSON line. The images are
-rendered in memory (`training.synth` for the world, `training.ood` for the probes), PNG-encoded
-and sent to /classify/batch.
+Prints, per domain, top-1 accuracy, the benign false-flag rate, unsafe recall (flagged), unsafe
+caught (flagged or sent to review), review rate and OOD flagged, with 95% Wilson intervals, and
+what each manifest claims; the OOD flag rate per kind pooled over domains; the expected
+calibration error of `probability` (one-vs-rest, 10 bins); and, with --jpeg-size, the same world
+images re-encoded as JPEG at another size: their benign false flags and the share of decisions
+(flagged, needs_review, out_of_scope) that change. Then one JSON line. The images are rendered in
+memory (`training.synth` for the world, `training.ood` for the probes) and sent to /classify/batch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -26,13 +29,34 @@ from training import synth  # noqa: E402
 from training.calibrate import wilson  # noqa: E402
 from training.ood import KINDS, ood_rng, render_ood  # noqa: E402
 
-RATES = ("benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "ood_flagged")
+RATES = ("accuracy", "benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "ood_flagged")
 
 
 def _png(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def _jpeg(img, size: int) -> bytes:
+    buf = io.BytesIO()
+    img.resize((size, size), Image.BICUBIC).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def calibration_error(pairs: list[tuple[float, bool]], bins: int = 10) -> float:
+    """Expected calibration error of (probability, outcome) pairs over equal-width bins."""
+    total, err = len(pairs), 0.0
+    for b in range(bins):
+        inside = [(p, y) for p, y in pairs if b / bins <= p < (b + 1) / bins or (b == bins - 1 and p == 1.0)]
+        if inside:
+            err += len(inside) / total * abs(sum(p for p, _ in inside) / len(inside)
+                                             - sum(y for _, y in inside) / len(inside))
+    return err
+
+
+def _decision(r: dict) -> tuple[bool, bool, bool]:
+    return r["flagged"], r["needs_review"], r["out_of_scope"]
 
 
 def classify(http: httpx.Client, domain: str, images: list[bytes], chunk: int = 32) -> list[dict]:
@@ -49,7 +73,8 @@ def classify(http: httpx.Client, domain: str, images: list[bytes], chunk: int = 
     return out
 
 
-def measure(http: httpx.Client, world_seed: int, ood_seed: int, per_class: int, per_kind: int) -> dict:
+def measure(http: httpx.Client, world_seed: int, ood_seed: int, per_class: int, per_kind: int,
+            jpeg_size: int = 0) -> dict:
     """Per-domain rates and OOD flags per kind, measured through the server's /classify/batch."""
     domains = {d["domain"]: d for d in http.get("/domains").json()["domains"]}
     ood = {k: [_png(render_ood(k, ood_rng(ood_seed, k, i))) for i in range(per_kind)] for k in KINDS}
@@ -57,9 +82,13 @@ def measure(http: httpx.Client, world_seed: int, ood_seed: int, per_class: int, 
     ood_hits = {k: [0, 0] for k in KINDS}
     for dom, info in sorted(domains.items()):
         unsafe = {lab["name"]: lab["unsafe"] for lab in info["labels"]}
-        items = [(lab, _png(synth.render(dom, lab, synth.image_rng(world_seed, dom, lab, i))))
-                 for lab in unsafe if lab in synth.LABELS for i in range(per_class)]
+        imgs = [(lab, synth.render(dom, lab, synth.image_rng(world_seed, dom, lab, i)))
+                for lab in unsafe if lab in synth.LABELS for i in range(per_class)]
+        items = [(lab, _png(im)) for lab, im in imgs]
         res = classify(http, dom, [b for _, b in items])
+        top1 = [r["labels"][0]["label"] == lab for (lab, _), r in zip(items, res, strict=True)]  # labels: by score
+        pairs = [(x["probability"], x["label"] == lab) for (lab, _), r in zip(items, res, strict=True)
+                 for x in r["labels"]]
         ben = [r for (lab, _), r in zip(items, res, strict=True) if not unsafe[lab]]
         uns = [r for (lab, _), r in zip(items, res, strict=True) if unsafe[lab]]
         ood_res = {k: classify(http, dom, imgs) for k, imgs in ood.items()}
@@ -75,22 +104,49 @@ def measure(http: httpx.Client, world_seed: int, ood_seed: int, per_class: int, 
             "review_rate": wilson(sum(r["needs_review"] for r in res), len(res)),
             "ood_flagged": wilson(sum(r["flagged"] for r in pooled), len(pooled)),
             "out_of_scope_flagged": sum(r["flagged"] for r in res + pooled if r["out_of_scope"]),
-            "claimed": {k: claimed[k]["rate"] for k in RATES if k in claimed},
+            "claimed": {k: claimed[k]["rate"] for k in RATES if k in claimed and isinstance(claimed[k], dict)},
         }
+        r = report["domains"][dom]
+        r["accuracy"] = wilson(sum(top1), len(top1))
+        if "accuracy" in info["metrics"]:
+            r["claimed"]["accuracy"] = info["metrics"]["accuracy"]
+        r["calibration_error"] = round(calibration_error(pairs), 4)
+        if jpeg_size:
+            jres = classify(http, dom, [_jpeg(im, jpeg_size) for _, im in imgs])
+            jben = [x for (lab, _), x in zip(items, jres, strict=True) if not unsafe[lab]]
+            r["jpeg"] = {"size": jpeg_size, "benign_false_flag": wilson(sum(x["flagged"] for x in jben), len(jben)),
+                         "decisions_changed": wilson(sum(_decision(a) != _decision(b) for a, b in zip(
+                             res, jres, strict=True)), len(res)),
+                         "out_of_scope": wilson(sum(x["out_of_scope"] for x in jres), len(jres))}
     report["ood_flagged_by_kind"] = {k: wilson(h, n) for k, (h, n) in ood_hits.items()}
     return report
 
 
 def markdown(report: dict) -> str:
+    jpeg = "jpeg" in next(iter(report["domains"].values()))
     lines = [f"World seed {report['world_seed']}, OOD seed {report['ood_seed']}; rates [95% Wilson interval] "
-             "(manifest claim)", "", "| domain | false flags | recall | caught | review | OOD flagged |",
-             "|---|---|---|---|---|---|"]
+             "(manifest claim)", "", "| domain | accuracy | false flags | recall | caught | review | OOD flagged | "
+             "calibration error |" + (" JPEG false flags | JPEG decisions changed |" if jpeg else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if jpeg else "")]
+
+    def cell(r: dict) -> str:
+        return f"{r['rate']:.3f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
     for dom, r in report["domains"].items():
-        cells = [f"{r[k]['rate']:.3f} [{r[k]['lo']:.2f}, {r[k]['hi']:.2f}]" + (
-            f" ({r['claimed'][k]:.3f})" if k in r["claimed"] else "") for k in RATES]
+        cells = [cell(r[k]) + (f" ({r['claimed'][k]:.3f})" if k in r["claimed"] else "") for k in RATES]
+        cells.append(f"{r['calibration_error']:.3f}")
+        if jpeg:
+            cells += [cell(r["jpeg"]["benign_false_flag"]), cell(r["jpeg"]["decisions_changed"])]
         lines.append(f"| {dom} | " + " | ".join(cells) + " |")
     means = {k: sum(r[k]["rate"] for r in report["domains"].values()) / len(report["domains"]) for k in RATES}
-    lines.append("| **mean** | " + " | ".join(f"{means[k]:.3f}" for k in RATES) + " |")
+    claims = {k: [r["claimed"][k] for r in report["domains"].values() if k in r["claimed"]] for k in RATES}
+    ece = sum(r["calibration_error"] for r in report["domains"].values()) / len(report["domains"])
+    lines.append("| **mean** | " + " | ".join(f"{means[k]:.3f}" + (
+        f" ({sum(claims[k]) / len(claims[k]):.3f})" if claims[k] else "") for k in RATES) + f" | {ece:.3f} |")
+    outside = [f"{dom} {k} claimed {r['claimed'][k]:.3f} outside [{r[k]['lo']:.3f}, {r[k]['hi']:.3f}]"
+               for dom, r in report["domains"].items() for k in RATES
+               if k in r["claimed"] and not r[k]["lo"] <= r["claimed"][k] <= r[k]["hi"]]
+    lines += ["", "Claims outside the fresh sample's 95% interval: " + ("; ".join(outside) or "none")]
     lines += ["", "OOD flagged per kind, pooled over domains: " + ", ".join(
         f"{k} {v['rate']:.3f}" for k, v in report["ood_flagged_by_kind"].items())]
     return "\n".join(lines)
@@ -103,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ood-seed", type=int, default=777, help="OOD probe seed (the manifests use 0)")
     p.add_argument("--per-class", type=int, default=20, help="images per (domain, label)")
     p.add_argument("--per-kind", type=int, default=20, help="OOD images per kind, sent to every domain")
+    p.add_argument("--jpeg-size", type=int, default=0, help="also send the world images as JPEG at this size "
+                                                             "(0: skip)")
     ns = p.parse_args(argv)
     with httpx.Client(base_url=ns.url, timeout=120) as http:
-        report = measure(http, ns.world_seed, ns.ood_seed, ns.per_class, ns.per_kind)
+        report = measure(http, ns.world_seed, ns.ood_seed, ns.per_class, ns.per_kind, ns.jpeg_size)
     print(markdown(report))
     print(json.dumps(report))
     return 0

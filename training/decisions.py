@@ -31,7 +31,13 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def image_features(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
+def image_features(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> Tensor:
+    """(N, E) normalised embeddings of preprocessed `images` (N, 3, H, W) under task `ti`'s vision prompts."""
+    return image_features_and_taps(model, ti, images, chunk)[0]
+
+
+@torch.no_grad()
+def image_features_and_taps(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """Normalised embeddings (N, E) and layer means (N, layers, Wv) of preprocessed `images` under task
     `ti`'s vision prompts: what the service computes per request."""
     device = model.encoder.logit_scale.device
@@ -93,9 +99,9 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
     scale = float(model.encoder.logit_scale)
     names, neg = mine_negatives(model, ti, tokenizer, cfg)
     labels_f = model.text_features(model.tasks[ti]).float().cpu()
-    cal_x, cal_t = image_features(model, ti, cache.load([p for p, _ in calib], cache=False))
+    cal_x, cal_t = image_features_and_taps(model, ti, cache.load([p for p, _ in calib], cache=False))
     y = torch.tensor([li for _, li in calib])
-    shot_x, shot_t = image_features(model, ti, cache.load([p for p, _ in shots], cache=False))
+    shot_x, shot_t = image_features_and_taps(model, ti, cache.load([p for p, _ in shots], cache=False))
     scope, cross = fit_scope(torch.cat([cal_x, shot_x]), torch.cat([cal_t, shot_t]),
                              scope_sources(cfg, cal_t.shape[1]), cfg.scope_combine, cfg.scope_rank)
     unsafe = torch.tensor([lab.unsafe for lab in dom.labels])
@@ -108,10 +114,10 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
               for lab, cal in zip(dom.labels, fitted.calibrations, strict=True)]
     rule = DecisionRule.from_manifest(labels, fitted.decision)
     bank = DomainBank(labels_f, neg, scope, rule)
-    test_x, test_t = image_features(model, ti, cache.load([p for p, _ in dom.test], cache=False))
+    test_x, test_t = image_features_and_taps(model, ti, cache.load([p for p, _ in dom.test], cache=False))
     test_y = torch.tensor([li for _, li in dom.test])
     test = decide_features(test_x, test_t, bank, scale)
-    ood_dec = {kind: decide_features(*image_features(model, ti, torch.stack([cache.preprocess(im) for im in imgs])),
+    ood_dec = {kind: decide_features(*image_features_and_taps(model, ti, torch.stack([cache.preprocess(im) for im in imgs])),
                                      bank, scale) for kind, imgs in ood.items()}
     rates = decision_rates(test, test_y, unsafe, ood_dec)
     rates["calibration_targets_met"] = fitted.decision["targets_met"]

@@ -1,7 +1,8 @@
 """Rebuild the embedded tiny CLIP and the demo bundles, bit-for-bit, from fixed seeds.
 
-synth (seed 0) -> pretrain-tiny (seed 0) -> fit -> the store's domain folders are replaced
-by freshly published v0001 bundles. The domain router is fitted on its own larger world
+synth (seed 0, 80 images per label: half of them the test split the manifests' claims and their
+intervals come from, the rest validation, training shots and calibration) -> pretrain-tiny (seed 0)
+-> fit -> the store's domain folders are replaced by freshly published v0001 bundles. The domain router is fitted on its own larger world
 (seed 0, 240 images per label, a quarter held out) -> `_router/v0001`. One torch thread and a
 fixed manifest timestamp make every byte a function of the seeds.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from promptclip.loading import EMBEDDED_WEIGHTS
 
+DEMO_PER_CLASS = 80  # images per (domain, label) of the demo world: 40 test images per label per domain
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -27,7 +30,7 @@ def build_demo(work: Path, store: Path, main: Callable[[list[str]], int], skip_p
     data, run, scratch, router_data = work / "data", work / "run", work / "store", work / "router-data"
     for p in (data, run, scratch, router_data):
         shutil.rmtree(p, ignore_errors=True)
-    main(["synth", "--out", str(data), "--seed", "0"])
+    main(["synth", "--out", str(data), "--seed", "0", "--per-class", str(DEMO_PER_CLASS)])
     if not skip_pretrain:
         main(["pretrain-tiny", "--seed", "0"])
     main(["fit", "--data", str(data), "--out", str(run), "--store", str(scratch), "--created-at", created,

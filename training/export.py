@@ -77,10 +77,9 @@ def export_run(clip, encoder, data: TaskData, cache: ImageCache, final_path: Pat
                              "review_threshold"], "rates": fitted.rates}
         curves[dom.name] = fitted.curves
         r = fitted.rates
-        log.info("exported %s %s: accuracy %.3f, false flags %.3f, recall %.3f, caught %.3f, review %.3f, "
-                 "OOD flagged %.3f", dom.name, v, r["accuracy"], r["benign_false_flag"]["rate"],
-                 r["unsafe_recall"]["rate"], r["unsafe_caught"]["rate"], r["review_rate"]["rate"],
-                 r["ood_flagged"]["rate"])
+        log.info("exported %s %s: accuracy %s, false flags %s, recall %s, caught %s, review %s, OOD flagged %s",
+                 dom.name, v, *(_rate(r[k]) for k in ("accuracy_interval", "benign_false_flag", "unsafe_recall",
+                                                     "unsafe_caught", "review_rate", "ood_flagged")))
     if report_dir is not None and out:
         decision_plots(curves, Path(report_dir) / "decisions")
         write_json(Path(report_dir) / "decisions.json", {d: o["rates"] for d, o in out.items()})
@@ -105,10 +104,14 @@ def _refuse(dom, fitted, dcfg: DecisionConfig) -> bool:
     return has_unsafe and not fitted.decision["can_flag"] and not dcfg.allow_unflaggable
 
 
+def _rate(r: dict) -> str:
+    """A rate with its 95% interval, or n/a when nothing was measured (e.g. no unsafe image)."""
+    return "n/a" if r["rate"] is None else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+
 def summary_table(fitted: dict, dcfg: DecisionConfig) -> str:
     """One line per domain: can it flag, were the targets shown, and the test-split rates with intervals."""
-    def cell(r: dict) -> str:
-        return "n/a" if r["rate"] is None else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]"
+    cell = _rate
 
     rows = [("domain", "can flag", f"false flags <= {dcfg.max_false_flag} shown", "review target shown",
              "calibration images", "benign false flags", "unsafe recall", "unsafe caught")]

@@ -52,16 +52,13 @@ def decision_plots(curves: dict[str, dict], out_dir: Path) -> list[Path]:
         s_in = np.array([d["scope_score"] for d in c["test"]])
         s_out = np.array([d["scope_score"] for d in ood])
         fig, ax = plt.subplots(1, 3, figsize=(13, 4))
-        fpr, tpr = roc(u[unsafe], u[~unsafe])
-        ax[0].plot(fpr, tpr, lw=1.5, label=f"AUC {auc(fpr, tpr):.2f}")
-        ax[0].plot([flag[~unsafe].mean()], [flag[unsafe].mean()], "o", color="C3", label="flag threshold")
-        ax[0].plot([caught[~unsafe].mean()], [caught[unsafe].mean()], "s", color="C2", label="flag or review")
-        ax[0].set(title=f"{dom}: unsafe vs benign (test)", xlabel="benign flagged (FPR)", ylabel="unsafe recall")
-        rec, prec = pr(u[unsafe], u[~unsafe])
-        ax[1].plot(rec, prec, lw=1.5)
-        tp = (flag & unsafe).sum()
-        ax[1].plot([flag[unsafe].mean()], [tp / max(1, flag.sum())], "o", color="C3", label="flag threshold")
-        ax[1].set(title="precision-recall, unsafe", xlabel="recall", ylabel="precision", ylim=(0, 1.02))
+        if unsafe.any() and (~unsafe).any():
+            _unsafe_panels(ax, dom, u, unsafe, flag, caught)
+        else:  # nothing to flag (or no benign image): no curve to draw, and no NaN AUC
+            for a, title in zip(ax[:2], (f"{dom}: unsafe vs benign (test)", "precision-recall, unsafe"), strict=True):
+                a.text(0.5, 0.5, "no unsafe label in this domain" if not unsafe.any() else "no benign test image",
+                       ha="center", va="center", transform=a.transAxes)
+                a.set(title=title, xticks=[], yticks=[])
         fpr, tpr = roc(s_in, s_out) if len(s_out) else (np.array([0, 1]), np.array([0, 1]))
         ax[2].plot(fpr, tpr, lw=1.5, label=f"AUC {auc(fpr, tpr):.2f}")
         ins = np.array([d["in_scope"] for d in c["test"]])
@@ -70,7 +67,8 @@ def decision_plots(curves: dict[str, dict], out_dir: Path) -> list[Path]:
         ax[2].set(title="in scope (test) vs OOD probe", xlabel="OOD kept in scope", ylabel="in-domain kept")
         for a in ax:
             a.grid(alpha=0.3)
-            a.legend(loc="lower right", fontsize=8)
+            if a.get_legend_handles_labels()[0]:
+                a.legend(loc="lower right", fontsize=8)
         for a in (ax[0], ax[2]):
             a.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
         fig.tight_layout()
@@ -79,6 +77,20 @@ def decision_plots(curves: dict[str, dict], out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _unsafe_panels(ax, dom: str, u: np.ndarray, unsafe: np.ndarray, flag: np.ndarray, caught: np.ndarray) -> None:
+    """ROC and precision-recall of the flagging score, unsafe vs benign test images, operating points marked."""
+    fpr, tpr = roc(u[unsafe], u[~unsafe])
+    ax[0].plot(fpr, tpr, lw=1.5, label=f"AUC {auc(fpr, tpr):.2f}")
+    ax[0].plot([flag[~unsafe].mean()], [flag[unsafe].mean()], "o", color="C3", label="flag threshold")
+    ax[0].plot([caught[~unsafe].mean()], [caught[unsafe].mean()], "s", color="C2", label="flag or review")
+    ax[0].set(title=f"{dom}: unsafe vs benign (test)", xlabel="benign flagged (FPR)", ylabel="unsafe recall")
+    rec, prec = pr(u[unsafe], u[~unsafe])
+    ax[1].plot(rec, prec, lw=1.5)
+    tp = (flag & unsafe).sum()
+    ax[1].plot([flag[unsafe].mean()], [tp / max(1, flag.sum())], "o", color="C3", label="flag threshold")
+    ax[1].set(title="precision-recall, unsafe", xlabel="recall", ylabel="precision", ylim=(0, 1.02))
 
 
 def _cell(r: dict) -> str:
@@ -92,18 +104,24 @@ def decisions_markdown(out: dict[str, dict], cfg: DecisionConfig) -> str:
              f"{cfg.scope_keep:.0%} of in-domain images in scope)", "",
              "Rates with 95% Wilson intervals. OOD: the project's probe set (every kind pooled).", "",
              "| domain | accuracy | false flags (benign) | recall (unsafe flagged) | caught (flag or review) | "
-             "review rate | in scope | OOD flagged | OOD in scope | targets met |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "review rate | in scope | OOD flagged | OOD in scope | can flag | false-flag target shown | "
+             "review target met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for dom, o in out.items():
         r = o["rates"]
         met = r["calibration_targets_met"]
-        lines.append(f"| {dom} | {r['accuracy']:.3f} | " + " | ".join(_cell(r[k]) for k in (
-            "benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "in_scope", "ood_flagged",
-            "ood_in_scope")) + " | " + ", ".join(k for k, v in met.items() if v) + " |")
-    lines += ["", "OOD flagged by kind:", "", "| domain | " + " | ".join(next(iter(out.values()))["rates"][
-        "ood_flagged_by_kind"]) + " |", "|---|" + "---|" * len(next(iter(out.values()))["rates"][
-            "ood_flagged_by_kind"])]
+        lines.append(f"| {dom} | " + " | ".join(_cell(r[k]) for k in (
+            "accuracy_interval", "benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "in_scope",
+            "ood_flagged", "ood_in_scope")) + " | " + " | ".join(
+            "yes" if v else "no" for v in (r["can_flag"], met["max_false_flag"], met["review_target"])) + " |")
+    kinds = list(next(iter(out.values()))["rates"]["ood_by_kind"])
+    lines += ["", "Scope score per OOD probe kind (OpenOOD's metrics: AUROC of in-domain test vs the kind, FPR at "
+              "95% in-domain kept, and the flag rate at the shipped cut):", "",
+              "| domain | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     for dom, o in out.items():
-        lines.append(f"| {dom} | " + " | ".join(f"{v['rate']:.3f}" for v in o["rates"]["ood_flagged_by_kind"].values())
-                     + " |")
+        r = o["rates"]
+        lines.append(f"| {dom} | " + " | ".join(
+            f"{r['ood_by_kind'][k]['auroc']:.3f} / {r['ood_by_kind'][k]['fpr95']:.3f} / "
+            f"{r['ood_flagged_by_kind'][k]['rate']:.3f}" if r["ood_by_kind"][k]["auroc"] is not None else "n/a"
+            for k in kinds) + " |")
     return "\n".join(lines)

@@ -9,9 +9,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
-from promptclip.decisions import DecisionRule
+from promptclip.decisions import Banks, BatchScores, DecisionRule, DomainBank, decide_batch
 from service import Settings, create_app
 from service.registry import DomainEntry, LabelInfo
 from service.scoring import build_result
@@ -63,9 +64,13 @@ def _entry(thresholds, unsafe):
 
 
 def _result(e, scores, probs):
-    row = {"cosine": scores, "softmax": probs, "label_logp": [math.log(p) for p in probs], "label_mass": 1.0,
-           "scope": math.inf}
-    return build_result(e, row, model="m", review_margin=0.1, review_out_of_scope=False, latency_ms=1)
+    """The answer for one image whose cosines and closed-set softmax are given, through the batched rule."""
+    c = len(scores)
+    banks = Banks.stack([DomainBank(torch.eye(c, 8), torch.zeros(0, 8), None, e.rule)])
+    row = BatchScores(torch.tensor([scores]), torch.tensor([probs]), torch.tensor([[math.log(p) for p in probs]]),
+                      torch.ones(1), torch.tensor([math.inf]), torch.tensor([c]))
+    (d,) = decide_batch(row, torch.zeros(1, dtype=torch.long), banks, review_margin=0.1).answers(banks)
+    return build_result(e, d, model="m", latency_ms=1)
 
 
 def test_legacy_bundles_keep_the_old_flag_and_review_rule():

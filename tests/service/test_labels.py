@@ -1,4 +1,4 @@
-"""Labels added and removed at runtime (no retraining): admin routes, the store, the CLI, scope-bank indices."""
+"""Labels added and removed at runtime (no retraining): admin routes, the store, the CLI, calibration indices."""
 
 from __future__ import annotations
 
@@ -67,16 +67,24 @@ def test_add_then_remove_a_label_at_runtime(tiny_model, store):
     assert store.versions("photo") == ["v0001", "v0002", "v0003"]
 
 
-def test_removing_a_label_remaps_the_scope_bank(store):
+def test_removing_a_label_remaps_the_calibration_rows_and_keeps_the_scope_model(store):
     bundle = store.load_current("sketch")  # labels: nudity, house, tree, car
-    bundle.tensors["scope.bank"] = torch.nn.functional.normalize(torch.randn(8, 32), dim=-1).half()
-    bundle.tensors["scope.labels"] = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    bundle.tensors["calibration.features"] = torch.nn.functional.normalize(torch.randn(8, 32), dim=-1).half().float()
+    bundle.tensors["calibration.labels"] = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    bundle.tensors["calibration.scope"] = torch.arange(8, dtype=torch.float32)
+    scope = {k: v for k, v in bundle.tensors.items() if k.startswith("scope.")}
     edited = without_label(bundle, "house", "v0009")
     assert [lab.name for lab in edited.manifest.labels] == ["nudity", "tree", "car"]
-    assert edited.tensors["scope.labels"].tolist() == [0, 1, 2, 0, 1, 2]
-    assert torch.equal(edited.tensors["scope.bank"], bundle.tensors["scope.bank"][[0, 2, 3, 4, 6, 7]])
+    assert edited.tensors["calibration.labels"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert torch.equal(edited.tensors["calibration.features"].float(),
+                       bundle.tensors["calibration.features"][[0, 2, 3, 4, 6, 7]])
+    assert edited.tensors["calibration.scope"].tolist() == [0, 2, 3, 4, 6, 7]
+    for name, t in scope.items():  # a Gaussian over the domain's images, not per label: bytes kept
+        assert torch.equal(edited.tensors[name].float(), t.float()), name
     path = store.publish(edited)
-    assert load_bundle(path).manifest.metrics["label_edits"][-1]["op"] == "remove"
+    loaded = load_bundle(path)
+    assert loaded.manifest.metrics["label_edits"][-1]["op"] == "remove"
+    assert loaded.scope_model() is not None or not scope
 
 
 def test_label_edits_keep_the_label_cache_row_per_label(store, tiny_model):

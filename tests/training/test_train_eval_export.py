@@ -120,9 +120,18 @@ def test_export_rollback(world, tiny_clip, trained, tmp_path, caplog):
             assert rates[key]["lo"] <= rates[key]["rate"] <= rates[key]["hi"] and rates[key]["n"] > 0
         assert m.decision["targets"]["max_false_flag"] == 0.05 and "review_threshold" in m.decision
         assert all(lab.calibration and lab.calibration["method"] == "platt" for lab in m.labels)
-        assert len(m.negatives["names"]) == 256 and b.tensors["scope.bank"].dtype == torch.float32
-        # 8 benign calibration images cannot show a 5% false-flag rate: nothing is flagged, and it says so
-        assert m.decision["targets_met"]["max_false_flag"] is False and rates["benign_false_flag"]["rate"] == 0
+        assert len(m.negatives["names"]) == 256
+        scope = b.scope_model()  # fitted at export on the 16 calibration + 16 shot images, cross-fitted
+        assert scope is not None and {s.source for s in scope.signals} == {"layer1", "layer2", "final"}
+        assert m.decision["scope"]["cut"] is not None and m.decision["scope"]["fitted_on"] == {
+            "calibration": 16, "training_shots": 16}
+        feats, labels, cross = b.calibration()
+        assert feats.shape == (16, 32) and sorted(labels.tolist()) == [i // 2 for i in range(16)] and cross.shape == (16,)
+        # 8 benign calibration images cannot show a 5% false-flag rate with confidence: the domain still
+        # flags, at the point estimate (above every benign calibration image), and says the bound is not shown
+        assert m.decision["targets_met"]["max_false_flag"] is False and m.decision["can_flag"] is True
+        assert all(lab.threshold < 1 for lab in m.labels if lab.unsafe)
+        assert rates["benign_false_flag"]["hi"] - rates["benign_false_flag"]["lo"] > 0.1  # stated, wide
         assert {lab.name for lab in m.labels if lab.unsafe} == {"knife", "pistol", "syringe", "pill"}
         assert d in m.group["members"]
     assert (trained / "decisions.md").is_file() and sorted(p.name for p in (trained / "decisions").glob("*.png")) == \
@@ -136,7 +145,7 @@ def test_export_rollback(world, tiny_clip, trained, tmp_path, caplog):
 
 def test_false_flag_allowance_is_a_binomial_tolerance_bound():
     assert allowed_false_flags(64, 0.05, 0.8) == 1  # P(Bin(64, .05) <= 1) = 0.16 <= 0.2 < P(<= 2) = 0.37
-    assert allowed_false_flags(8, 0.05, 0.8) == -1  # too few benign images: flag nothing
+    assert allowed_false_flags(8, 0.05, 0.8) == -1  # too few benign images for the bound (the rule falls back)
     assert 40 <= allowed_false_flags(1000, 0.05, 0.8) < 50  # approaches target * n
     scores = torch.tensor([0.9, 0.8, 0.7, 0.2])
     assert abs(upper_cut(scores, 1) - 0.85) < 1e-6 and (scores >= upper_cut(scores, 2)).sum() == 2
@@ -168,7 +177,7 @@ def test_platt_calibration_is_calibrated_on_fresh_samples():
 def test_rule_keeps_the_probability_basis_that_flags_more_unsafe_images():
     """Negatives that swallow the unsafe images' mass break the neglabel basis; closed_set is kept, and the
     service's probabilities (promptclip.decisions) reproduce the calibration's flags."""
-    from promptclip.decisions import BatchScores, DecisionRule, decide
+    from promptclip.decisions import Banks, BatchScores, DecisionRule, DomainBank, decide_batch
     from training.calibrate import fit_rule
     from training.config import DecisionConfig
 
@@ -188,7 +197,8 @@ def test_rule_keeps_the_probability_basis_that_flags_more_unsafe_images():
     labels = [type("L", (), {"name": str(i), "unsafe": bool(unsafe[i]), "threshold": fitted.threshold,
                              "calibration": cal}) for i, cal in enumerate(fitted.calibrations)]
     rule = DecisionRule.from_manifest(labels, d)
-    flagged = torch.tensor([decide(r, rule)["flagged"] for r in scores.rows()])
+    banks = Banks.stack([DomainBank(torch.eye(c, 8), torch.zeros(0, 8), None, rule)])
+    flagged = decide_batch(scores, torch.zeros(n, dtype=torch.long), banks).flagged
     assert abs(float(flagged[unsafe[y]].double().mean()) - d["calibration_recall"]["closed_set"]) < 0.02
 
 
