@@ -28,7 +28,11 @@ def __getattr__(name: str):
 
 
 def score(cfg: ScoreConfig) -> RunSummary:
-    """Run `cfg.engine` over `cfg.input` into `cfg.out`."""
+    """Run `cfg.engine` over `cfg.input` into `cfg.out` (`--domain auto`: route each image first)."""
+    if cfg.domain == "auto":
+        from .routed import score_routed
+
+        return score_routed(cfg)
     if cfg.engine == "ray":
         from .ray_engine import score_ray  # Ray is an optional extra
 

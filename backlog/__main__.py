@@ -21,9 +21,10 @@ D = {f.name: f.default for f in dataclasses.fields(ScoreConfig) if f.default is 
 
 SCORE_HELP = """Score an image collection with one domain's CURRENT bundle: Parquet out, one row per file.
 
-Every image is scored against --domain; the backlog has no domain router (--domain auto is
-refused): run once per domain, or send images without a domain to the service's /classify,
-which routes them.
+Every image is scored against --domain, or with --domain auto routed first by the store's domain
+router, as /classify routes an image sent without a domain (local engine; OUT/_routes.parquet
+holds each image's domain and confidence, OUT/<domain>/ its domain's rows; an image routed with
+low confidence that is not flagged needs review, as the service answers it).
 
 Every file of an input folder gets a row (hidden files excepted). A file the service would
 refuse (TIFF, PDF, text, empty, truncated, too large) gets an error row with the code /classify
@@ -50,7 +51,8 @@ def _score_parser(sub) -> None:
                    help="image folder (recursive), Parquet file or folder (image bytes or paths), or a list file "
                         "(one path per line)")
     p.add_argument("--domain", required=True, default=argparse.SUPPRESS,
-                   help="the bundle domain every image is scored against (no auto-routing in the backlog)")
+                   help="the bundle domain every image is scored against, or auto: each image routed by the store's "
+                        "domain router first (local engine)")
     p.add_argument("--out", type=Path, required=True, default=argparse.SUPPRESS, help="output folder, e.g. OUT.parquet")
     p.add_argument("--store", type=Path, default=D["store"], help="bundle store root")
     p.add_argument("--engine", choices=ENGINES, default=D["engine"], help="local process or Ray Data")

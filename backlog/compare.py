@@ -20,6 +20,10 @@ def read_output(path: Path | str) -> pa.Table:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist; give a `backlog score` output folder or a Parquet file")
+    if (path / "_routes.parquet").is_file():  # a --domain auto run: one folder per routed domain
+        from .routed import read_routed
+
+        return read_routed(path)
     files = sorted(path.glob("shard-*.parquet")) if path.is_dir() else [path]
     if not files:
         raise ValueError(f"{path} holds no shard-*.parquet file")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from promptclip import ModelSpec
 
 ENGINES = ("local", "ray")
+AUTO = "auto"  # --domain auto: route every image with the store's domain router (backlog/routed.py)
 EMBEDDED, EMBEDDED_ARCH = "embedded", "tiny-clip"  # promptclip.EMBEDDED / EMBEDDED_ARCH (a test holds them equal)
 MIB = 1024 * 1024
 
@@ -23,7 +24,7 @@ MIB = 1024 * 1024
 class ScoreConfig:
     input: Path  # image directory (recursive), Parquet file or folder (image bytes or paths), or a list file
     out: Path  # output Parquet dataset: a folder of shard-NNNNN.parquet files plus _backlog.json
-    domain: str  # bundle domain every image is scored against (no routing: one domain per run)
+    domain: str  # bundle domain every image is scored against; "auto": each image routed by the store's router
     store: Path = Path("prompts_store")  # bundle store root; the domain's CURRENT version is used
     engine: str = "local"  # local | ray
     model: str = EMBEDDED_ARCH  # open_clip architecture or JSON config path (as MODERATION_MODEL)
@@ -55,10 +56,9 @@ class ScoreConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.domain:
             raise ValueError("a domain is required (--domain D): every image of a run is scored against it")
-        if self.domain == "auto":
-            raise ValueError("--domain auto is not supported by the backlog: it has no domain router. Score each "
-                             "domain's images in their own run (--domain D), or send images without a domain to "
-                             "the service's /classify, which routes them")
+        if self.domain == AUTO and self.engine != "local":
+            raise ValueError("--domain auto runs on the local engine; pass --engine local, or score each domain "
+                             "on Ray with --domain D")
 
     def torch_threads(self, device: str) -> int:
         """Torch threads to set; 0 leaves torch's default.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -97,11 +98,16 @@ def test_compare_and_its_help(mixed_folder, tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_domain_auto_is_refused_plainly(mixed_folder, tmp_path):
-    r = run("score", "--input", str(mixed_folder), "--domain", "auto", "--out", str(tmp_path / "o"))
+def test_domain_auto_without_a_router_says_so(mixed_folder, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(STORE, store, ignore=shutil.ignore_patterns("_router"))
+    r = run("score", "--input", str(mixed_folder), "--domain", "auto", "--out", str(tmp_path / "o"),
+            "--store", str(store))
     assert r.returncode == 2
-    assert "no domain router" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "o").exists()
+    assert "domain router" in r.stderr and "training router" in r.stderr and "Traceback" not in r.stderr
+    r = run("score", "--input", str(mixed_folder), "--domain", "auto", "--out", str(tmp_path / "r"),
+            "--engine", "ray")
+    assert r.returncode == 2 and "local engine" in r.stderr
 
 
 HELP_PROBE = ("import runpy, sys; sys.argv = ['backlog', *sys.argv[1:]]\n"
@@ -117,7 +123,7 @@ def test_help_loads_no_torch_and_names_no_issue(args):
     assert r.stderr.strip().endswith("NO-TORCH 0"), r.stderr
     assert "issue" not in r.stdout.lower()
     if args[0] == "score":
-        assert "no domain router" in r.stdout and "error_code" in r.stdout
+        assert "--domain auto" in r.stdout and "error_code" in r.stdout
 
 
 def test_same_rows_from_the_local_engine_in_process(mixed_folder, tmp_path):

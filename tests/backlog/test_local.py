@@ -136,7 +136,7 @@ def test_cli_requires_a_domain_and_documents_defaults(tmp_path, images, capsys, 
     with pytest.raises(SystemExit):
         main(["score", "--help"])
     text = capsys.readouterr().out
-    assert "auto-routing" in text and "(default: local)" in text and "(default: 1000)" in text
+    assert "domain router" in text and "(default: local)" in text and "(default: 1000)" in text
     assert main(["score", "--input", str(root), "--out", str(tmp_path / "o"), "--domain", "medical",
                  "--store", str(STORE)]) == 2
     assert "no bundle for domain 'medical'" in capsys.readouterr().err
