@@ -88,11 +88,17 @@ def allowed_false_flags(n: int, target: float, confidence: float) -> int:
 
 
 def conformal_lower_cut(scores: Tensor, alpha: float) -> float:
-    """A cut keeping >= 1 - alpha of fresh in-distribution scores (split conformal, lower tail)."""
+    """A cut keeping >= 1 - alpha of fresh in-distribution scores (split conformal, lower tail).
+
+    Fewer than 1 / alpha - 1 scores cannot show that share: the cut then sits above the lowest
+    score (keeping n / (n + 1) of fresh images in expectation) rather than keeping everything, so
+    a small data set still puts far-off images out of scope.
+    """
     s = scores.double().sort().values
-    k = math.floor(alpha * (len(s) + 1))  # this many calibration scores may fall below the cut
-    if k <= 0:
+    s = s[torch.isfinite(s)]
+    if len(s) < 2:
         return NEG_INF
+    k = max(1, math.floor(alpha * (len(s) + 1)))  # this many calibration scores may fall below the cut
     return float((s[k - 1] + s[k]) / 2) if k < len(s) else float(s[-1])
 
 
@@ -123,24 +129,29 @@ def _unsafe_max(probs: Tensor, unsafe: Tensor) -> Tensor:
     return probs.masked_fill(~unsafe[None, :], NEG_INF).max(1).values  # (N,)
 
 
-def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg: DecisionConfig) -> FittedRule:
+def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg: DecisionConfig,
+             scope_pool: Tensor | None = None, row_unsafe: Tensor | None = None) -> FittedRule:
     """Fit one domain's rule on its calibration images.
 
     scores: the images scored against the domain (one row each); scope: (N,) cross-fitted scope
-    scores; y: (N,) label index; unsafe: (C,) bool per label. Both probability bases are fitted
-    (`promptclip.decisions.PLATT_INPUTS`); the one flagging more unsafe calibration images at its
-    own false-flag threshold is kept (ties: neglabel).
+    scores; y: (N,) label index; unsafe: (C,) bool per label; scope_pool: every in-domain image's
+    cross-fitted scope score the scope cut is taken on (default: `scope`; export adds the training
+    shots); row_unsafe: (N,) whether each image is unsafe (default: its label's flag; reviewers'
+    verdicts give it, with y = -1 for an image none of the labels describe). Both probability bases
+    are fitted (`promptclip.decisions.PLATT_INPUTS`); the one flagging more unsafe calibration
+    images at its own false-flag threshold is kept (ties: neglabel).
     """
+    is_unsafe = unsafe[y.clamp_min(0)] & (y >= 0) if row_unsafe is None else row_unsafe
     signals = set(cfg.scope_signals)
-    gaussian = bool(torch.isfinite(scope).any())  # a scope model was fitted
+    pool = scope if scope_pool is None else scope_pool
+    gaussian = bool(torch.isfinite(pool).any())  # a scope model was fitted
     alpha = (1 - cfg.scope_keep) / max(1, int(gaussian) + int("neglabel" in signals))
-    cut = conformal_lower_cut(scope, alpha) if gaussian else NEG_INF
+    cut = conformal_lower_cut(pool, alpha) if gaussian else NEG_INF
     mass_cut = conformal_lower_cut(scores.label_mass, alpha) if "neglabel" in signals else 0.0
     in_scope = (scope >= cut) & (scores.label_mass >= mass_cut)
-    fits = {basis: _fit_basis(scores, basis, in_scope, y, unsafe, cfg) for basis in PROBABILITY_BASES}
+    fits = {basis: _fit_basis(scores, basis, in_scope, y, unsafe, is_unsafe, cfg) for basis in PROBABILITY_BASES}
     basis = max(PROBABILITY_BASES, key=lambda k: (fits[k]["recall"], k == "neglabel"))
     fit = fits[basis]
-    is_unsafe = unsafe[y]
     decision = {
         "rule": "flag: in scope and an unsafe label's calibrated probability >= its threshold; review: not "
                 "flagged, in scope and the largest unsafe probability >= review_threshold",
@@ -151,7 +162,7 @@ def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg:
         "probability_basis": basis,
         "calibration_recall": {k: round(f["recall"], 6) for k, f in fits.items()},
         "scope": {"signals": sorted(signals), "cut": round(cut, 6) if cut > NEG_INF else None,
-                  "mass_cut": round(mass_cut, 6)},
+                  "mass_cut": round(mass_cut, 6), "cut_from": int(torch.isfinite(pool).sum())},
         "calibration_split": {"images": len(y), "benign": int((~is_unsafe).sum()), "unsafe": int(is_unsafe.sum()),
                               "benign_flags_allowed": fit["allowed"], "bound_shown": fit["bound_shown"]},
         "targets_met": {"max_false_flag": fit["bound_shown"], "review_target": fit["review_met"]},
@@ -161,7 +172,7 @@ def fit_rule(scores: BatchScores, scope: Tensor, y: Tensor, unsafe: Tensor, cfg:
     return FittedRule(fit["cal"], round(fit["threshold"], 6), decision)
 
 
-def _fit_basis(scores: BatchScores, basis: str, in_scope: Tensor, y: Tensor, unsafe: Tensor,
+def _fit_basis(scores: BatchScores, basis: str, in_scope: Tensor, y: Tensor, unsafe: Tensor, is_unsafe: Tensor,
                cfg: DecisionConfig) -> dict:
     """Platt per label on `basis`, the shared flag threshold, the review threshold and the recall they give."""
     c = len(unsafe)
@@ -175,7 +186,6 @@ def _fit_basis(scores: BatchScores, basis: str, in_scope: Tensor, y: Tensor, uns
     b = torch.tensor([d["b"] for d in cal], dtype=torch.float64)
     probs = torch.sigmoid(a * z.double() + b)  # (N, C), as promptclip.decisions computes them
     u = _unsafe_max(probs, unsafe).masked_fill(~in_scope, NEG_INF)
-    is_unsafe = unsafe[y]
     n_benign = int((~is_unsafe).sum())
     allowed = allowed_false_flags(n_benign, cfg.max_false_flag, cfg.false_flag_confidence)
     bound_shown = allowed >= 0

@@ -10,6 +10,7 @@ the OOD probe set, decided by the same `promptclip.decisions` code the service r
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from torch import Tensor
 
-from promptclip import Label, label_tokens
+from promptclip import Bundle, Label, label_tokens
 from promptclip.decisions import Banks, DecisionRule, DomainBank, decide_batch, score_batch
 from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 
@@ -107,7 +108,7 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
     unsafe = torch.tensor([lab.unsafe for lab in dom.labels])
     bare = Banks.stack([DomainBank(labels_f, neg, None)], device=torch.device("cpu"))
     cal_scores = score_batch(cal_x, torch.zeros(len(cal_x), dtype=torch.long), bare, scale)
-    fitted = fit_rule(cal_scores, cross[: len(calib)], y, unsafe, cfg)
+    fitted = fit_rule(cal_scores, cross[: len(calib)], y, unsafe, cfg, scope_pool=cross)
     fitted.decision["scope"]["model"] = None if scope is None else scope.manifest()
     fitted.decision["scope"]["fitted_on"] = {"calibration": len(calib), "training_shots": len(shots)}
     labels = [replace(lab, threshold=fitted.threshold, calibration=cal)
@@ -192,3 +193,55 @@ def _warn_unmet(domain: str, fitted: FittedRule, rates: dict) -> None:
 
 def _fmt(r: dict) -> str:
     return "n/a" if r["rate"] is None else f"{r['rate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+
+
+@torch.no_grad()
+def refit_with_reviews(bundle: Bundle, clip, feats: Tensor, taps: Tensor, labels: list[str | None],
+                       unsafe: list[bool], version: str) -> Bundle:
+    """`bundle`'s rule refitted on its calibration split plus reviewers' verdicts, as version `version`.
+
+    The prompt tensors, negatives and scope model are kept (the scope cut too: verdicts include
+    out-of-scope images, which must never move an in-domain cut). Platt per label, the flag threshold
+    and the review threshold are refitted with the targets the bundle was exported with.
+
+    Args:
+        feats, taps: the reviewed images' embeddings (M, E) and layer means (M, layers, Wv) under the
+            bundle's vision prompts; labels: each verdict's label name, or None (none of the labels);
+            unsafe: each verdict's unsafe flag.
+    """
+    from promptclip import PromptedCLIP, bundle_bank
+
+    cal = bundle.calibration()
+    if cal is None:
+        raise ValueError(f"{bundle.domain}@{bundle.version} carries no calibration split; re-export it first")
+    m = bundle.manifest
+    names = [lab.name for lab in m.labels]
+    unknown = sorted({x for x in labels if x is not None and x not in names})
+    if unknown:
+        raise ValueError(f"verdict labels {unknown} are not labels of {bundle.domain} ({names})")
+    bank, _ = bundle_bank(bundle, PromptedCLIP(clip.model), clip.tokenizer, torch.device("cpu"))
+    bare = Banks.stack([DomainBank(bank.labels, bank.negatives, None)], device=torch.device("cpu"))
+    cal_x, cal_y, cal_scope = cal
+    scope = bank.scope.score(feats.float(), taps.float()) if bank.scope is not None else torch.full((len(feats),),
+                                                                                                    math.inf)
+    x = torch.cat([cal_x.float(), feats.float()])
+    y = torch.cat([cal_y, torch.tensor([-1 if x is None else names.index(x) for x in labels], dtype=torch.long)])
+    label_unsafe = torch.tensor([lab.unsafe for lab in m.labels])
+    row_unsafe = torch.cat([label_unsafe[cal_y], torch.tensor(unsafe, dtype=torch.bool)])
+    scale = float(clip.model.logit_scale.exp())
+    scores = score_batch(x, torch.zeros(len(x), dtype=torch.long), bare, scale)
+    targets = m.decision.get("targets", {})
+    cfg = DecisionConfig(**{k: v for k, v in targets.items() if k in DecisionConfig.__dataclass_fields__},
+                         scope_signals=list(m.decision.get("scope", {}).get("signals", ["layers", "final"])))
+    fitted = fit_rule(scores, torch.cat([cal_scope, scope]), y, label_unsafe, cfg, scope_pool=cal_scope,
+                      row_unsafe=row_unsafe)
+    decision = fitted.decision
+    decision["scope"] = {**m.decision.get("scope", {})}  # the exported scope model and cut, unchanged
+    decision["calibration"] = {"reviews": len(labels), "from_version": bundle.version}
+    new_labels = [replace(lab, threshold=fitted.threshold, calibration=c)
+                  for lab, c in zip(m.labels, fitted.calibrations, strict=True)]
+    manifest = replace(m, version=version, labels=new_labels, decision=decision, created_at="", sha256="",
+                       metrics={**m.metrics, "recalibrated": {"reviews": len(labels), "from_version": bundle.version}})
+    tensors = {k: (v.half() if k in ("calibration.features", "labels.cache") or k.endswith((".means", ".basis"))
+                   else v) for k, v in bundle.tensors.items()}
+    return Bundle(manifest, tensors)
