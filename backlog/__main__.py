@@ -39,7 +39,7 @@ with the same arguments skips committed shards. Multi-node: start Ray on every n
 
 COMPARE_HELP = """Check that two backlog outputs make the same decisions.
 
-Rows are matched by id: the decisions (error code, top_label, out_of_scope, flagged,
+Rows are matched by id: the decisions (domain, error code, top_label, out_of_scope, flagged,
 needs_review) must be equal and every score and probability within --atol. Prints one JSON
 report; exits 0 when identical, 1 if not."""
 

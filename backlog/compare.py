@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-EXACT = ("id", "error", "error_code", "top_label", "out_of_scope", "flagged", "needs_review")  # decisions: must be equal
+EXACT = ("id", "domain", "error", "error_code", "top_label", "out_of_scope", "flagged",
+         "needs_review")  # decisions: must be equal
 
 
 def read_output(path: Path | str) -> pa.Table:
