@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import threading
 from types import FrameType
@@ -32,6 +33,9 @@ _UNDESCRIBED = {"host": "listen address (0.0.0.0 to listen on every interface, a
                 "access_log": "uvicorn's access log, one line per request"}
 
 
+_MODULE_NOTE = re.compile(r"\s*\((?:promptclip|service)\.[\w.]+\)")  # "(promptclip.graphs)": for developers
+
+
 def _default(field) -> str:
     value = field.get_default(call_default_factory=True)
     if value is None:
@@ -48,7 +52,7 @@ def settings_help() -> str:
     prefix = Settings.model_config.get("env_prefix", "")
     lines = ["settings (environment variable = default: meaning):"]
     for name, field in Settings.model_fields.items():
-        meaning = field.description or _UNDESCRIBED.get(name, "")
+        meaning = _MODULE_NOTE.sub("", field.description or _UNDESCRIBED.get(name, ""))
         lines.append(f"  {prefix}{name.upper()} = {_default(field)}")
         if meaning:
             lines.append(f"      {meaning}")

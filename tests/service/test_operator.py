@@ -38,9 +38,10 @@ def test_help_prints_every_setting_and_binds_nothing():
     assert time.monotonic() - t0 < 60 and "Uvicorn running" not in r.stderr + r.stdout
     for name, field in Settings.model_fields.items():
         assert f"MODERATION_{name.upper()} = " in r.stdout, name
-        if field.description:
-            assert field.description in r.stdout.replace("\n      ", " ")
+        if field.description:  # the meaning, read from the field (module names left out)
+            assert field.description[:24] in r.stdout, name
     assert "MODERATION_MAX_IMAGE_BYTES = 10485760" in r.stdout and "issue" not in r.stdout.lower()
+    assert "promptclip." not in r.stdout
     r = subprocess.run([sys.executable, "-m", "service", "--bogus"], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
