@@ -8,5 +8,6 @@ BENCHES = {
     "encoder": "bench.encoder",  # bare open_clip encode_image vs the prompted image tower
     "service": "bench.service",  # the real HTTP server vs the bare and prompted encoders
     "backlog": "bench.backlog",  # python -m backlog (local engine) vs bare encode_image; Ray vs local
+    "decisions": "bench.decisions",  # the decision path per image (scope model, batched rule, answers) vs the tower
     "gpu": "bench.gpu",  # the GPU goals in one run: P1, P2, P3 through HTTP, CUDA-graph and nvjpeg ablations
 }

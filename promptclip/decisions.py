@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .scope import ScopeModel
+from .scope import ScopeBank, ScopeModel
 
 NEG_INF = float("-inf")
 TINY = 1e-30  # floor of a closed-set probability before its log (float32 softmax underflows to 0)
@@ -77,13 +77,15 @@ class Banks:
     label_counts: Tensor  # (T,)
     domains: tuple[DomainBank, ...]  # negatives, scope model and rule per domain, by row
     rules: RuleBank  # the rules as padded tensors
+    scope: ScopeBank  # the scope models stacked per source
 
     @classmethod
     def stack(cls, banks: Sequence[DomainBank], device=None) -> Banks:
         device = device or banks[0].labels.device
         lab, lc = _pad([b.labels for b in banks], banks[0].labels.shape[1], device)
         rules = [b.rule or DecisionRule.uncalibrated(b.labels.shape[0]) for b in banks]
-        return cls(lab, lc, tuple(banks), RuleBank.stack(rules, lab.shape[1], device))
+        return cls(lab, lc, tuple(banks), RuleBank.stack(rules, lab.shape[1], device),
+                   ScopeBank.stack([b.scope for b in banks], device))
 
 
 @dataclass
@@ -146,31 +148,26 @@ def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
     counts = banks.label_counts.index_select(0, rows)
     cos = label_cosines(feats, banks.labels.index_select(0, rows), counts)  # (B, Cmax)
     z_lab = logit_scale * cos
-    z_neg, scope = per_domain_scores(feats, rows, banks, logit_scale, taps)
+    z_neg = negative_logsumexp(feats, rows, banks, logit_scale)
+    scope = banks.scope.score(feats, None if taps is None else taps.float(), rows)
     log_all = torch.logaddexp(torch.logsumexp(z_lab, 1), z_neg).unsqueeze(1)  # (B, 1)
     label_logp = z_lab - log_all
     mass = torch.logsumexp(z_lab, 1, keepdim=True).sub(log_all).exp().squeeze(1)
     return BatchScores(cos.masked_fill(cos == NEG_INF, 0.0), z_lab.softmax(1), label_logp, mass, scope, counts)
 
 
-def per_domain_scores(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
-                      taps: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per sample, under its own domain: logsumexp of the scaled negative-label cosines (-inf without
-    negatives) and the scope score (+inf without a scope model), each (B,).
+def negative_logsumexp(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -> Tensor:
+    """(B,) per sample, logsumexp of the scaled cosines to its own domain's negative labels (-inf without).
 
     One matrix product per distinct domain in the batch, not per sample.
     """
     z_neg = torch.full((feats.shape[0],), NEG_INF, device=feats.device)
-    scope = torch.full((feats.shape[0],), math.inf, device=feats.device)
     for r in rows.unique().tolist():
         bank = banks.domains[r]
-        idx = (rows == r).nonzero().flatten()
-        f = feats.index_select(0, idx)  # (n, E)
         if bank.negatives.shape[0]:
-            z_neg[idx] = torch.logsumexp(logit_scale * (f @ bank.negatives.T), 1)
-        if bank.scope is not None:
-            scope[idx] = bank.scope.score(f, None if taps is None else taps.index_select(0, idx).float())
-    return z_neg, scope
+            idx = (rows == r).nonzero().flatten()
+            z_neg[idx] = torch.logsumexp(logit_scale * (feats.index_select(0, idx) @ bank.negatives.T), 1)
+    return z_neg
 
 
 # ------------------------------------------------------------------------------------------ rule

@@ -9,7 +9,7 @@ A scope model is a few *signals*, each a Gaussian over one feature of the image 
 domain's own in-domain images (never on OOD images):
 
 * source ``layer<k>``: the mean of the original tokens after block k (multi-layer Mahalanobis);
-* source ``final``: the normalised embedding, class-conditional (nearest label mean).
+* source ``final``: the normalised embedding.
 
 Each Gaussian keeps its top-r principal directions of the (shrunk, within-class) covariance and the
 mean variance left outside them, so a signal's squared distance is the Mahalanobis distance in the
@@ -23,6 +23,7 @@ Serving does tensor work only: every parameter arrives fitted in the bundle.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,21 +49,17 @@ class GaussianSignal:
     """One feature's Gaussian: d^2 = |V^T (x - mu)|^2_{inv_sd} + |x - mu - V V^T (x - mu)|^2 * resid_inv_var."""
 
     source: str  # 'final' or 'layer<k>'
-    means: Tensor  # (C', D): one row (a single Gaussian) or one per label (nearest mean wins)
+    means: Tensor  # (1, D) the mean
     basis: Tensor  # (D, r) principal directions
     inv_sd: Tensor  # (r + 1,): 1 / sqrt(eigenvalue) per direction, then 1 / sqrt(mean residual variance)
     center: float = 0.0  # median of the cross-fitted calibration scores
     spread: float = 1.0  # their median absolute deviation
 
     def raw_score(self, x: Tensor) -> Tensor:
-        """(N,) -d^2 / D of features x (N, D) to the nearest mean (higher: more in scope)."""
+        """(N,) -d^2 / D of features x (N, D) (higher: more in scope)."""
         x = x.float()
-        diff = x[:, None, :] - self.means[None].to(x)  # (N, C', D)
-        proj = diff @ self.basis.to(x)  # (N, C', r)
-        resid = (diff.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp_min(0)  # (N, C')
-        inv = self.inv_sd.to(x)
-        d2 = (proj * inv[:-1]).pow(2).sum(-1) + resid * inv[-1] ** 2  # (N, C')
-        return -d2.min(1).values / x.shape[1]
+        diff = x - self.means.to(x)  # (N, D)
+        return neg_d2(diff, diff @ self.basis.to(x), self.inv_sd.to(x))
 
     def score(self, x: Tensor) -> Tensor:
         """(N,) the raw score standardised by the calibration median and MAD."""
@@ -71,6 +68,13 @@ class GaussianSignal:
     def to(self, device) -> GaussianSignal:
         return GaussianSignal(self.source, self.means.to(device), self.basis.to(device), self.inv_sd.to(device),
                               self.center, self.spread)
+
+
+def neg_d2(diff: Tensor, proj: Tensor, inv_sd: Tensor) -> Tensor:
+    """(N,) -d^2 / D from centred features (N, D), their projections (N, r) and inv_sd ((r + 1,) or (N, r + 1))."""
+    resid = (diff.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp_min(0)  # energy outside the principal subspace
+    d2 = (proj * inv_sd[..., :-1]).pow(2).sum(-1) + resid * inv_sd[..., -1] ** 2
+    return -d2 / diff.shape[-1]
 
 
 def signal_input(source: str, feats: Tensor, taps: Tensor | None) -> Tensor:
@@ -124,8 +128,8 @@ class ScopeModel:
     def manifest(self) -> dict[str, Any]:
         """The manifest's `decision.scope.model`: sources, standardisation and combine."""
         return {"combine": self.combine, "signals": [
-            {"source": s.source, "center": s.center, "spread": s.spread, "classes": int(s.means.shape[0]),
-             "rank": int(s.basis.shape[1]), "dim": int(s.basis.shape[0])} for s in self.signals]}
+            {"source": s.source, "center": s.center, "spread": s.spread, "rank": int(s.basis.shape[1]),
+             "dim": int(s.basis.shape[0])} for s in self.signals]}
 
     @classmethod
     def from_bundle(cls, meta: Mapping[str, Any] | None, tensors: Mapping[str, Tensor]) -> ScopeModel | None:
@@ -140,10 +144,10 @@ class ScopeModel:
                 means, basis, inv = (tensors[f"scope.{src}.{k}"].float() for k in ("means", "basis", "inv_sd"))
             except KeyError as e:
                 raise ValueError(f"scope signal {src}: tensor {e.args[0]} is missing") from None
-            if means.dim() != 2 or basis.dim() != 2 or basis.shape[0] != means.shape[1] \
+            if means.dim() != 2 or means.shape[0] != 1 or basis.dim() != 2 or basis.shape[0] != means.shape[1] \
                     or tuple(inv.shape) != (basis.shape[1] + 1,):
                 raise ValueError(f"scope signal {src}: means {tuple(means.shape)}, basis {tuple(basis.shape)}, "
-                                 f"inv_sd {tuple(inv.shape)} do not fit (C', D), (D, r), (r + 1,)")
+                                 f"inv_sd {tuple(inv.shape)} do not fit (1, D), (D, r), (r + 1,)")
             spread = float(sm.get("spread", 1.0))
             if not spread > 0:
                 raise ValueError(f"scope signal {src}: spread must be > 0, got {spread}")
@@ -156,3 +160,72 @@ def scope_tensor_names(meta: Mapping[str, Any] | None) -> Sequence[str]:
     if not meta:
         return ()
     return [f"scope.{s['source']}.{k}" for s in meta.get("signals", []) for k in ("means", "basis", "inv_sd")]
+
+
+@dataclass(frozen=True)
+class ScopeBank:
+    """Every served domain's scope model, stacked per source, so a mixed batch is scored in a few ops.
+
+    Per source s: the domains' means (T, D), their bases side by side (D, T * r) so one product
+    projects a batch onto every domain's subspace, inv_sd (T, r + 1) and the standardisation (T,).
+    Ranks are padded with zero directions (they add nothing). A domain without source s, or
+    without a scope model, has `has[t, s]` False; a domain without one scores +inf.
+    """
+
+    sources: tuple[str, ...]
+    means: tuple[Tensor, ...]  # per source (T, D)
+    bases: tuple[Tensor, ...]  # per source (D, T * r)
+    inv_sd: tuple[Tensor, ...]  # per source (T, r + 1)
+    center: Tensor  # (T, S)
+    spread: Tensor  # (T, S)
+    has: Tensor  # (T, S) bool
+    use_min: Tensor  # (T,) bool: combine by min, else mean
+    scoped: Tensor  # (T,) bool: the domain has a scope model
+
+    @classmethod
+    def stack(cls, models: Sequence[ScopeModel | None], device) -> ScopeBank:
+        sources = tuple(sorted({s.source for m in models if m is not None for s in m.signals}, key=source_index))
+        T, S = len(models), len(sources)
+        center, spread = torch.zeros(T, S), torch.ones(T, S)
+        has = torch.zeros(T, S, dtype=torch.bool)
+        means, bases, invs = [], [], []
+        for j, src in enumerate(sources):
+            sig = [next((s for s in m.signals if s.source == src), None) if m is not None else None for m in models]
+            dim = next(s.means.shape[1] for s in sig if s is not None)
+            r = max(s.basis.shape[1] for s in sig if s is not None)
+            mu, basis, inv = torch.zeros(T, dim), torch.zeros(T, dim, r), torch.zeros(T, r + 1)
+            for t, s in enumerate(sig):
+                if s is None:
+                    continue
+                k = s.basis.shape[1]
+                mu[t], basis[t, :, :k] = s.means[0].float().cpu(), s.basis.float().cpu()
+                inv[t, :k], inv[t, -1] = s.inv_sd[:k].float().cpu(), s.inv_sd[-1].float().cpu()
+                center[t, j], spread[t, j], has[t, j] = s.center, s.spread, True
+            means.append(mu.to(device))
+            bases.append(basis.permute(1, 0, 2).reshape(dim, T * r).contiguous().to(device))
+            invs.append(inv.to(device))
+        return cls(sources, tuple(means), tuple(bases), tuple(invs), center.to(device), spread.to(device),
+                   has.to(device), torch.tensor([m is not None and m.combine == "min" for m in models], device=device),
+                   torch.tensor([m is not None for m in models], device=device))
+
+    def score(self, feats: Tensor, taps: Tensor | None, rows: Tensor) -> Tensor:
+        """(B,) each sample's scope score under its own domain (`rows` (B,) into the bank)."""
+        B = feats.shape[0]
+        out = torch.full((B,), math.inf, device=feats.device)
+        if not self.sources:
+            return out
+        idx = torch.arange(B, device=feats.device)
+        z = []
+        for j, src in enumerate(self.sources):
+            x = signal_input(src, feats, taps).float()  # (B, D)
+            diff = x - self.means[j].index_select(0, rows)  # (B, D)
+            T, r = self.inv_sd[j].shape[0], self.inv_sd[j].shape[1] - 1
+            proj = (diff @ self.bases[j]).view(B, T, r)[idx, rows]  # (B, r): each row's own domain's subspace
+            raw = neg_d2(diff, proj, self.inv_sd[j].index_select(0, rows))
+            z.append((raw - self.center[rows, j]) / self.spread[rows, j])
+        z = torch.stack(z, 1)  # (B, S)
+        has = self.has.index_select(0, rows)
+        mean = z.masked_fill(~has, 0).sum(1) / has.sum(1).clamp_min(1)
+        low = z.masked_fill(~has, math.inf).min(1).values
+        combined = torch.where(self.use_min.index_select(0, rows), low, mean)
+        return torch.where(self.scoped.index_select(0, rows), combined, out)
