@@ -8,6 +8,7 @@ count every `refresh_s`, and runs the retention purge every `purge_s`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -55,10 +56,8 @@ class ReviewWriter:
         """Write what is queued (within `timeout_s`), then stop the thread."""
         if not self._thread.is_alive():
             return
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
-            pass
         self._thread.join(timeout_s)
 
     # ------------------------------------------------------------------ the thread

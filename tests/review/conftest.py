@@ -28,3 +28,10 @@ def store(store_url):
     s.migrate()
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from tests.service.serving import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model"))

@@ -211,3 +211,17 @@ def test_two_service_processes_share_one_postgresql_queue(tiny_model, tiny_store
         assert len(got) == 80 and set(got) == ids  # every item claimed exactly once, across both processes
         assert store.schema_version() == 2
         store.close()
+
+
+def test_review_reason_order():
+    from service.pipeline import review_reason, sniff_content_type
+
+    oos = {"out_of_scope": True, "needs_review": True, "flagged": False}
+    assert review_reason(oos, True, 0.0) == "out_of_scope"
+    assert review_reason({**oos, "needs_review": False}, False, 0.0) is None
+    assert review_reason({"out_of_scope": False, "needs_review": True}, True, 0.0) == "needs_review"
+    assert review_reason({"out_of_scope": False, "needs_review": False, "flagged": True}, False, 1.0) == "audit"
+    assert review_reason({"out_of_scope": False, "needs_review": False}, False, 0.0) is None
+    for kind, ct in (("jpeg", "image/jpeg"), ("png", "image/png"), ("webp", "image/webp"), ("gif", "image/gif"),
+                     ("bmp", "image/bmp")):
+        assert sniff_content_type(image_bytes(kind)) == ct
