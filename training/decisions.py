@@ -100,11 +100,11 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
     scale = float(model.encoder.logit_scale)
     names, neg = mine_negatives(model, ti, tokenizer, cfg)
     labels_f = model.text_features(model.tasks[ti]).float().cpu()
-    cal_x, cal_t = image_features_and_taps(model, ti, cache.load([p for p, _ in calib], cache=False))
-    y = torch.tensor([li for _, li in calib])
-    shot_x, shot_t = image_features_and_taps(model, ti, cache.load([p for p, _ in shots], cache=False))
-    scope, cross = fit_scope(torch.cat([cal_x, shot_x]), torch.cat([cal_t, shot_t]),
-                             scope_sources(cfg, cal_t.shape[1]), cfg.scope_combine, cfg.scope_rank)
+    # one pass over calibration + shots: either may be empty on a small data set, not both
+    all_x, all_t = image_features_and_taps(model, ti, cache.load([p for p, _ in calib + shots], cache=False))
+    cal_x = all_x[: len(calib)]
+    y = torch.tensor([li for _, li in calib], dtype=torch.long)
+    scope, cross = fit_scope(all_x, all_t, scope_sources(cfg, all_t.shape[1]), cfg.scope_combine, cfg.scope_rank)
     unsafe = torch.tensor([lab.unsafe for lab in dom.labels])
     bare = Banks.stack([DomainBank(labels_f, neg, None)], device=torch.device("cpu"))
     cal_scores = score_batch(cal_x, torch.zeros(len(cal_x), dtype=torch.long), bare, scale)

@@ -282,6 +282,11 @@ def fit_label_cache(rc: RunContext, model: MultiTaskCLIP, shots: FewShot) -> Non
         cache[dom.name] = class_means(image_features(model, ti, shots.images[mine]), shots.labels[mine],
                                       len(dom.labels)).half()
         calib = dom.calibration(rc.split.shots, rc.train.seed)
+        if not calib:  # nothing to choose on: the smallest candidate weight (text alone when 0 is one)
+            log.warning("%s: no calibration image to choose the label cache weight on; using %g", dom.name,
+                        min(rc.train.cache_weights))
+            weights[dom.name] = min(rc.train.cache_weights)
+            continue
         x = image_features(model, ti, rc.cache.load([p for p, _ in calib]))
         y = torch.tensor([li for _, li in calib])
         text = model.text_features(dom.name).float().cpu()
