@@ -40,7 +40,8 @@ with the same arguments skips committed shards. Multi-node: start Ray on every n
 COMPARE_HELP = """Check that two backlog outputs make the same decisions.
 
 Rows are matched by id: the decisions (domain, error code, top_label, out_of_scope, flagged,
-needs_review) must be equal and every score and probability within --atol. Prints one JSON
+needs_review) must be equal and every score and probability within --atol (relative to the
+value where it exceeds 1, as scope_score does). Prints one JSON
 report; exits 0 when identical, 1 if not."""
 
 

@@ -32,7 +32,8 @@ def read_output(path: Path | str) -> pa.Table:
 
 
 def compare_tables(a: pa.Table, b: pa.Table, atol: float = 1e-5) -> dict:
-    """Rows matched by id: count, differing decisions (first few), and the largest score difference."""
+    """Rows matched by id: count, differing decisions (first few), and the largest score difference
+    (`max_abs_diff`: absolute for values within [-1, 1], relative to the value beyond)."""
     ra = {r["id"]: r for r in a.to_pylist()}
     rb = {r["id"]: r for r in b.to_pylist()}
     common = sorted(set(ra) & set(rb))
@@ -49,7 +50,9 @@ def compare_tables(a: pa.Table, b: pa.Table, atol: float = 1e-5) -> dict:
                 if (x[c] is None) != (y[c] is None):
                     mismatched.append({"id": key, "fields": {c: (x[c], y[c])}})
                 continue
-            d = abs(x[c] - y[c])
+            # absolute for scores and probabilities (|v| <= 1), relative for larger values (scope_score:
+            # a distance in the hundreds carries float32 rounding of batch composition in its 5th digit)
+            d = abs(x[c] - y[c]) / max(1.0, abs(x[c]), abs(y[c]))
             if d > max_diff or math.isnan(d):
                 max_diff, worst = d, (key, c)
     return {"rows": len(common), "only_a": len(set(ra) - set(rb)), "only_b": len(set(rb) - set(ra)),

@@ -82,7 +82,7 @@ def test_every_file_gets_a_row_and_refused_ones_carry_the_services_code(mixed_fo
         row, code = rows[name], service_code((mixed_folder / name).read_bytes())
         assert row["error_code"] == code == expected.get(name), name  # exactly what /classify answers
         if code is None:
-            assert row["error"] is None and row["top_label"] is not None and row["flagged"] is not None
+            assert row["error"] is None and row["flagged"] is not None and row["out_of_scope"] is not None
         else:
             assert row["error"].startswith(f"{code}: ") and "Error" not in row["error"], row["error"]
             assert row["flagged"] is None

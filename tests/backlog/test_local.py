@@ -64,7 +64,8 @@ def test_list_file_and_parquet_inputs_score_like_the_folder(tmp_path, images, sc
     for source in (listing, tmp_path / "bytes.parquet", tmp_path / "paths.parquet"):
         out = tmp_path / f"{source.stem}-out"
         score_local(config(source, out, STORE), scorer)
-        report = compare_tables(reference, read_output(out), atol=1e-5)  # batches differ: float rounding
+        # batches differ: float rounding (the scope score, from every layer's tokens, moves in the 5th digit)
+        report = compare_tables(reference, read_output(out), atol=1e-4)
         assert report["rows"] == len(files) and report["identical"], (source.name, report)
 
 
@@ -111,7 +112,7 @@ def test_rerun_after_interruption_skips_committed_shards(tmp_path, images, score
     assert result.scored == len(files) - 5 * len(first)  # only uncommitted shards were scored
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet") if p.name in first} == first
     # the rerun's model batches start at a shard boundary, not the reference's: float rounding only
-    report = compare_tables(reference, read_output(out), atol=1e-5)
+    report = compare_tables(reference, read_output(out), atol=1e-4)
     assert report["identical"] and report["decisions_differ"] == 0, str(report)
     again = score_local(config(root, out, STORE), scorer)
     assert again.scored == 0 and again.shards_skipped == again.shards
