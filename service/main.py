@@ -94,7 +94,8 @@ async def _startup(st: ServiceState) -> None:
                               retry_after_s=s.retry_after_s)
     engine = BatchingEngine(st.prompted, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                             timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
-                            cuda_graphs=s.cuda_graphs, arriving=lambda: st.decoder.pending)
+                            cuda_graphs=s.cuda_graphs, arriving=lambda: st.decoder.pending,
+                            review_out_of_scope=s.review_out_of_scope, review_margin=s.review_margin)
     engine.start()
     st.routing = DomainRouting(st.clip.model, engine.model_thread, s.max_batch, s.request_timeout_s)
     if s.warmup:

@@ -192,6 +192,8 @@ class DomainInfo(BaseModel):
                                                 "decision rates with 95% intervals")
     decision: dict[str, Any] = Field(description="the decision rule: targets, review threshold, scope cut; {} for "
                                                  "legacy bundles")
+    can_flag: bool = Field(description="false when no unsafe label can reach its threshold (too little "
+                                       "calibration data, or no unsafe label): this domain never flags")
     sha256: str
     created_at: str
     loaded_at: str
