@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import html
 import logging
-from importlib import resources
 from typing import Annotated, Literal
 
 import sqlalchemy.exc
@@ -24,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from review import ReviewError, ReviewStore
 
 from ..errors import ApiError
+from ..review_page import FILES as PAGE_FILES
 from ..schemas import REVIEW_ERRORS, ReviewItem, ReviewItems, ReviewStats, VerdictRequest, error_doc
 from ..state import ServiceState
 
@@ -94,7 +94,7 @@ async def static(name: str) -> Response:
 
 
 def _template(name: str) -> str:
-    return resources.files("service").joinpath("review_page", name).read_text(encoding="utf-8")
+    return PAGE_FILES[name]
 
 
 # ------------------------------------------------------------------ the queue
