@@ -23,7 +23,8 @@ FROM deps AS runtime
 ENV PYTHONUNBUFFERED=1 \
     MODERATION_HOST=0.0.0.0 \
     MODERATION_PORT=8000 \
-    MODERATION_STORE_DIR=/app/prompts_store
+    MODERATION_STORE_DIR=/app/prompts_store \
+    MODERATION_REVIEW_DB=sqlite:////home/moderation/review.sqlite3
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl \
  && rm -rf /wheels \

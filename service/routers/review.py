@@ -115,12 +115,15 @@ def claim(store: StoreDep, domain: str | None = None, limit: Annotated[int, Quer
     return {"items": _call(store, store.claim, reviewer, domain, limit)}
 
 
-@router.get("/items/{item_id}", response_model=ReviewItem, responses=REVIEW_ERRORS, summary="One review item")
+ITEM_ERRORS = {**REVIEW_ERRORS, 404: error_doc("Unknown review item", "not_found", "no review item 'x'")}
+
+
+@router.get("/items/{item_id}", response_model=ReviewItem, responses=ITEM_ERRORS, summary="One review item")
 def get_item(item_id: ItemId, store: StoreDep) -> dict:
     return _call(store, store.get, item_id)
 
 
-@router.get("/items/{item_id}/image", responses={**REVIEW_ERRORS, 200: {"content": {"image/*": {}}},
+@router.get("/items/{item_id}/image", responses={**ITEM_ERRORS, 200: {"content": {"image/*": {}}},
                                                  410: error_doc("Purged by retention", "image_purged", "...")},
             response_class=Response, summary="The item's image bytes")
 def image(item_id: ItemId, store: StoreDep) -> Response:
@@ -132,8 +135,7 @@ def image(item_id: ItemId, store: StoreDep) -> Response:
                              "Cache-Control": "private, no-store", "Content-Disposition": "inline"})
 
 
-VERDICT_ERRORS = {**REVIEW_ERRORS,
-                  404: error_doc("Unknown review item", "not_found", "no review item 'x'"),
+VERDICT_ERRORS = {**ITEM_ERRORS,
                   409: error_doc("The item has a verdict already", "already_decided", "..."),
                   422: error_doc("A label the domain lacks, or invalid fields", "unknown_label",
                                  "photo has no label 'star'; labels: [...]")}

