@@ -8,57 +8,21 @@ Set MODERATION_REVIEW_SCREENSHOT=PATH to keep a screenshot of the page (docs/rev
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from review import ReviewStore
+from tests.browser import chromium
 from tests.service.serving import make_store, make_tiny_model, running_server, tiny_env
 
-REQUIRE = os.environ.get("MODERATION_BROWSER_TESTS") == "require"
 TOKEN = "browser-token"
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1280,900"]
-
-
-def _binaries() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
-                                              else None)
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        browser = None
-    if not browser or not driver:
-        why = "Debian's chromium and chromium-driver (apt-get install chromium chromium-driver) and selenium"
-        if REQUIRE:
-            pytest.fail(f"MODERATION_BROWSER_TESTS=require but this needs {why}")
-        pytest.skip(f"needs {why}")
-    return browser, driver
 
 
 @pytest.fixture
 def browser():
-    chromium, chromedriver = _binaries()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="review-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=opts)  # no Selenium Manager
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def synthetic_jpeg(label: str, seed: int) -> bytes:
