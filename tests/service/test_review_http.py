@@ -122,8 +122,9 @@ DATA_ROUTES = [("GET", "/review/items"), ("POST", "/review/claim"), ("GET", "/re
 def test_every_data_route_needs_the_reviewer_token(tiny_model, tiny_store, tmp_path):
     db = f"sqlite:///{tmp_path / 'r.sqlite3'}"
     body = {"label": None, "unsafe": False, "reviewer": "a"}
-    with running_server(tiny_env(tiny_model, tiny_store.root, MODERATION_REVIEW_DB=db,
-                                 MODERATION_ADMIN_TOKEN=OTHER_TOKEN)) as srv, srv.client() as c:
+    admin = {"MODERATION_ADMIN_TOKEN": OTHER_TOKEN}
+    with running_server(tiny_env(tiny_model, tiny_store.root, MODERATION_REVIEW_DB=db, **admin)) as srv, \
+            srv.client() as c:
         for method, path in DATA_ROUTES:  # no reviewer token configured: disabled
             r = c.request(method, path, json=body, headers=AUTH)
             assert r.status_code == 403 and r.json()["error"]["code"] == "review_disabled", (method, path)
@@ -133,8 +134,7 @@ def test_every_data_route_needs_the_reviewer_token(tiny_model, tiny_store, tmp_p
         assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
         assert "<script src=\"/review/static/review.js\"" in page.text and "http" not in page.text.split("<body")[0]
         assert c.get("/review/static/review.js").headers["content-type"].startswith("text/javascript")
-    env = tiny_env(tiny_model, tiny_store.root, MODERATION_REVIEW_DB=db, MODERATION_REVIEWER_TOKEN=TOKEN,
-                   MODERATION_ADMIN_TOKEN=OTHER_TOKEN)
+    env = tiny_env(tiny_model, tiny_store.root, MODERATION_REVIEW_DB=db, MODERATION_REVIEWER_TOKEN=TOKEN, **admin)
     with running_server(env) as srv, srv.client() as c:
         for method, path in DATA_ROUTES:
             for headers in ({}, {"Authorization": "Bearer admin"}, {"Authorization": "Bearer wrong"}):
