@@ -141,6 +141,16 @@ class Bundle:
         return PromptConfig(group_tokens=p["group_tokens"], private_tokens=p["private_tokens"], depth=p["depth"])
 
 
+FP16_TENSORS = ("labels.cache", "calibration.features")  # and the scope model's means and bases
+
+
+def stored_form(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`tensors` in the dtypes a bundle stores them (the loader widens fp16 ones to fp32), so a bundle
+    re-published from a loaded one (label edits, recalibration) keeps the bytes of what it did not change."""
+    return {k: (v.to(torch.float16).contiguous() if k in FP16_TENSORS or k.endswith((".means", ".basis")) else v)
+            for k, v in tensors.items()}
+
+
 def tensor_sha256(tensors: dict[str, Tensor]) -> str:
     """Checksum over the tensor bytes in name order (independent of the header)."""
     h = hashlib.sha256()

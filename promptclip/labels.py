@@ -16,12 +16,11 @@ from datetime import datetime, timezone
 
 import torch
 
-from .bundle import Bundle, Label
+from .bundle import Bundle, Label, stored_form
 from .loading import BaseModelInfo
 from .store import PromptStore
 
 LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
-FP16_TENSORS = ("labels.cache", "calibration.features")  # besides the scope model's means and bases
 MAX_LABELS = 256  # per domain: every label costs a text feature per request row
 OPENAI_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
                      "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
@@ -58,10 +57,7 @@ def _edited(bundle: Bundle, labels: list[Label], tensors: dict, version: str, ed
     edit = {**edit, "from_version": bundle.version, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     # the held-out rates were measured with the labels of the trained version, not these
     m.metrics = {**m.metrics, "label_edits": [*m.metrics.get("label_edits", []), edit]}
-    for name in tensors:  # stored fp16 (the loader widens them): unchanged rows keep their bytes
-        if name in FP16_TENSORS or name.endswith((".means", ".basis")):
-            tensors = {**tensors, name: tensors[name].to(torch.float16).contiguous()}
-    return Bundle(m, tensors)
+    return Bundle(m, stored_form(tensors))
 
 
 def with_label(bundle: Bundle, label: Label, version: str) -> Bundle:

@@ -70,6 +70,16 @@ class GaussianSignal:
                               self.center, self.spread)
 
 
+def combine_z(z: Tensor, how: str, present: Tensor | None = None) -> Tensor:
+    """(N,) one scope score from standardised signal scores z (N, S): their mean or min over the signals
+    `present` (N, S) marks (default: all)."""
+    if present is None:
+        return z.mean(1) if how == "mean" else z.min(1).values
+    if how == "mean":
+        return z.masked_fill(~present, 0).sum(1) / present.sum(1).clamp_min(1)
+    return z.masked_fill(~present, math.inf).min(1).values
+
+
 def neg_d2(diff: Tensor, proj: Tensor, inv_sd: Tensor) -> Tensor:
     """(N,) -d^2 / D from centred features (N, D), their projections (N, r) and inv_sd ((r + 1,) or (N, r + 1))."""
     resid = (diff.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp_min(0)  # energy outside the principal subspace
@@ -103,14 +113,11 @@ class ScopeModel:
     def needs_taps(self) -> bool:
         return any(source_index(s.source) > 0 for s in self.signals)
 
-    def signal_scores(self, feats: Tensor, taps: Tensor | None) -> Tensor:
-        """(N, S) standardised score of every signal."""
-        return torch.stack([s.score(signal_input(s.source, feats, taps)) for s in self.signals], 1)
-
     def score(self, feats: Tensor, taps: Tensor | None) -> Tensor:
-        """(N,) the domain's scope score of normalised embeddings (N, E) and layer taps (N, L, W)."""
-        z = self.signal_scores(feats, taps)
-        return z.mean(1) if self.combine == "mean" else z.min(1).values
+        """(N,) the domain's scope score of normalised embeddings (N, E) and layer taps (N, L, W): the
+        served computation (`ScopeBank`) over this one domain."""
+        rows = torch.zeros(len(feats), dtype=torch.long, device=feats.device)
+        return ScopeBank.stack([self], feats.device).score(feats, taps, rows)
 
     def to(self, device) -> ScopeModel:
         return ScopeModel(tuple(s.to(device) for s in self.signals), self.combine)
@@ -223,9 +230,7 @@ class ScopeBank:
             proj = (diff @ self.bases[j]).view(B, T, r)[idx, rows]  # (B, r): each row's own domain's subspace
             raw = neg_d2(diff, proj, self.inv_sd[j].index_select(0, rows))
             z.append((raw - self.center[rows, j]) / self.spread[rows, j])
-        z = torch.stack(z, 1)  # (B, S)
         has = self.has.index_select(0, rows)
-        mean = z.masked_fill(~has, 0).sum(1) / has.sum(1).clamp_min(1)
-        low = z.masked_fill(~has, math.inf).min(1).values
-        combined = torch.where(self.use_min.index_select(0, rows), low, mean)
+        combined = torch.where(self.use_min.index_select(0, rows), combine_z(torch.stack(z, 1), "min", has),
+                               combine_z(torch.stack(z, 1), "mean", has))
         return torch.where(self.scoped.index_select(0, rows), combined, out)

@@ -29,6 +29,7 @@ from training import synth  # noqa: E402
 
 
 def ood_metrics(a: torch.Tensor, b: torch.Tensor) -> dict:
+    # training.decisions.ood_metrics, restated here so the script also measures checkouts that predate it
     a, b = a.double().nan_to_num(posinf=1e300), b.double().nan_to_num(posinf=1e300)
     auroc = float(((a[:, None] > b[None]).double() + 0.5 * (a[:, None] == b[None]).double()).mean())
     return {"auroc": round(auroc, 4), "fpr95": round(float((b >= torch.quantile(a, 0.05)).double().mean()), 4),

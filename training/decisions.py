@@ -10,7 +10,6 @@ the OOD probe set, decided by the same `promptclip.decisions` code the service r
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from promptclip import Bundle, Label, label_tokens
+from promptclip.bundle import stored_form
 from promptclip.decisions import Banks, DecisionRule, DomainBank, decide_batch, score_batch
 from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 
@@ -220,15 +220,15 @@ def refit_with_reviews(bundle: Bundle, clip, feats: Tensor, taps: Tensor, labels
     if unknown:
         raise ValueError(f"verdict labels {unknown} are not labels of {bundle.domain} ({names})")
     bank, _ = bundle_bank(bundle, PromptedCLIP(clip.model), clip.tokenizer, torch.device("cpu"))
-    bare = Banks.stack([DomainBank(bank.labels, bank.negatives, None)], device=torch.device("cpu"))
+    banks = Banks.stack([bank], device=torch.device("cpu"))
+    scale = float(clip.model.logit_scale.exp())
     cal_x, cal_y, cal_scope = cal
-    scope = bank.scope.score(feats.float(), taps.float()) if bank.scope is not None else torch.full((len(feats),),
-                                                                                                    math.inf)
+    scope = score_batch(feats.float(), torch.zeros(len(feats), dtype=torch.long), banks, scale, taps.float()).scope
     x = torch.cat([cal_x.float(), feats.float()])
     y = torch.cat([cal_y, torch.tensor([-1 if x is None else names.index(x) for x in labels], dtype=torch.long)])
     label_unsafe = torch.tensor([lab.unsafe for lab in m.labels])
     row_unsafe = torch.cat([label_unsafe[cal_y], torch.tensor(unsafe, dtype=torch.bool)])
-    scale = float(clip.model.logit_scale.exp())
+    bare = Banks.stack([replace(bank, scope=None)], device=torch.device("cpu"))  # Platt's inputs; scope: above
     scores = score_batch(x, torch.zeros(len(x), dtype=torch.long), bare, scale)
     targets = m.decision.get("targets", {})
     cfg = DecisionConfig(**{k: v for k, v in targets.items() if k in DecisionConfig.__dataclass_fields__},
@@ -242,6 +242,4 @@ def refit_with_reviews(bundle: Bundle, clip, feats: Tensor, taps: Tensor, labels
                   for lab, c in zip(m.labels, fitted.calibrations, strict=True)]
     manifest = replace(m, version=version, labels=new_labels, decision=decision, created_at="", sha256="",
                        metrics={**m.metrics, "recalibrated": {"reviews": len(labels), "from_version": bundle.version}})
-    tensors = {k: (v.half() if k in ("calibration.features", "labels.cache") or k.endswith((".means", ".basis"))
-                   else v) for k, v in bundle.tensors.items()}
-    return Bundle(manifest, tensors)
+    return Bundle(manifest, stored_form(bundle.tensors))

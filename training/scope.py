@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from promptclip.scope import GaussianSignal, ScopeModel, signal_input
+from promptclip.scope import GaussianSignal, ScopeModel, combine_z, signal_input
 
 MIN_ROWS = 8  # fewer in-domain images than this: no scope model (every image in scope), said in the summary
 
@@ -77,8 +77,7 @@ def fit_scope(feats: Tensor, taps: Tensor, sources: list[str], combine: str, ran
         signals.append(_standardised(full, cf))
         cross.append((cf - signals[-1].center) / signals[-1].spread)
     model = ScopeModel(tuple(signals), combine)
-    z = torch.stack(cross, 1)
-    return model, (z.mean(1) if combine == "mean" else z.min(1).values)
+    return model, combine_z(torch.stack(cross, 1), combine)
 
 
 def _rounded(s: GaussianSignal) -> GaussianSignal:
