@@ -24,7 +24,8 @@ from review import ReviewError, ReviewStore
 
 from ..errors import ApiError
 from ..review_page import FILES as PAGE_FILES
-from ..schemas import REVIEW_ERRORS, ReviewItem, ReviewItems, ReviewStats, VerdictRequest, error_doc
+from ..review_schemas import REVIEW_ERRORS, ReviewItem, ReviewItems, ReviewStats, VerdictRequest
+from ..schemas import error_doc
 from ..state import ServiceState
 
 log = logging.getLogger(__name__)
