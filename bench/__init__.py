@@ -9,5 +9,6 @@ BENCHES = {
     "service": "bench.service",  # the real HTTP server vs the bare and prompted encoders
     "backlog": "bench.backlog",  # python -m backlog (local engine) vs bare encode_image; Ray vs local
     "decisions": "bench.decisions",  # the decision path per image (scope model, batched rule, answers) vs the tower
+    "overhead": "bench.overhead",  # the server's CPU time per image beyond the model and the decode (CPU)
     "gpu": "bench.gpu",  # the GPU goals in one run: P1, P2, P3 through HTTP, CUDA-graph and nvjpeg ablations
 }

@@ -113,11 +113,17 @@ async def drive(host: str, port: int, requests: list[bytes], conc: int, items: i
     return {"lat": lat, "images": done, "errors": errors, "first_error": first_error}
 
 
+def load_start(procs: int) -> float:
+    """A start instant by which `procs` client processes are connected and waiting."""
+    return time.time() + 1.0 + 0.1 * procs
+
+
 def run_load(port: int, jpeg_dir: Path, domains: list[str], conc: int, procs: int, warmup_s: float,
-             duration_s: float, items: int = 0, host: str = "127.0.0.1") -> dict:
-    """`conc` connections spread over `procs` client processes; img/s, p50/p99/mean latency (ms)."""
+             duration_s: float, items: int = 0, host: str = "127.0.0.1", start: float | None = None) -> dict:
+    """`conc` connections spread over `procs` client processes; img/s, p50/p99/mean latency (ms).
+    `start`: the wall-clock (epoch) instant the clients start (default: when all can be connected)."""
     procs = max(1, min(procs, conc))
-    start = time.time() + 1.0 + 0.1 * procs  # every process connected and waiting by then
+    start = start or load_start(procs)
     shares = [conc // procs + (1 if p < conc % procs else 0) for p in range(procs)]
     cmds = [[sys.executable, "-m", "bench.loadgen", "--host", host, "--port", str(port), "--jpeg-dir", str(jpeg_dir),
              "--domains", ",".join(domains), "--conc", str(n), "--items", str(items), "--start", repr(start),

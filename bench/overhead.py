@@ -1,0 +1,181 @@
+"""The server's CPU time per image beyond the model and the decode, on the embedded default.
+
+    python -m bench overhead [--conc 16] [--batch-items 16] [--duration 10] [--workers auto]
+
+Starts the real server (`python -m service`: the embedded tiny CLIP, the demo bundles of
+./prompts_store, one torch thread, the review queue off) and drives it with 224x224 JPEGs of
+mixed domains from separate client processes (bench.loadgen): `/classify` at `--conc`
+connections, then `/classify/batch` with `--batch-items` images a request. Over each measured
+window it reads the CPU time (user + system) of every process of the server's session from
+/proc, and divides by the images answered in the window.
+
+In this process, with one torch thread, it then measures what the server cannot avoid:
+
+* the model: the prompted image tower with layer taps, at the mean batch size the server ran
+  (read from its /metrics), per image;
+* the decode: PIL decode + the model's preprocess of the same JPEGs, per image.
+
+`overhead = server CPU per image - model - decode`: HTTP, parsing, hand-offs between threads
+and processes, scoring, decisions, JSON and metrics. Run it on a quiet machine: another job on
+the second core changes how often threads hand the GIL over, and so the totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from bench.fixtures import make_jpegs
+from bench.loadgen import load_start, run_load
+from bench.service import free_port, stop_server, wait_ready
+from bench.timing import emit, machine, table
+
+STORE = Path(__file__).resolve().parents[1] / "prompts_store"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu_s(sid: int) -> float:
+    """User + system CPU seconds of every live process in session `sid` (the server and its children)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 of proc(5), counted after the command name
+            total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    """(sum, count) of the server's moderation_batch_size histogram."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    get = lambda name: sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))  # noqa: E731
+    return get("moderation_batch_size_sum"), get("moderation_batch_size_count")
+
+
+def measure_phase(url: str, sid: int, port: int, jpeg_dir: Path, domains: list[str], conc: int, items: int,
+                  warmup_s: float, duration_s: float) -> dict:
+    """Load for warmup + duration; the server's CPU seconds and batches over the measured window."""
+    marks: dict[str, tuple[float, float, float]] = {}
+
+    def sample(at: float, key: str) -> None:
+        time.sleep(max(0.0, at - time.time()))
+        marks[key] = (session_cpu_s(sid), *batch_stats(url))
+
+    start = load_start(2)
+    threads = [threading.Thread(target=sample, args=(start + warmup_s, "t0")),
+               threading.Thread(target=sample, args=(start + warmup_s + duration_s, "t1"))]
+    for t in threads:
+        t.start()
+    load = run_load(port, jpeg_dir, domains, conc, 2, warmup_s, duration_s, items, start=start)
+    for t in threads:
+        t.join()
+    (c0, s0, n0), (c1, s1, n1) = marks["t0"], marks["t1"]
+    images = load["img_s"] * duration_s
+    return {"images": images, "server_cpu_s": c1 - c0, "cpu_us_per_image": 1e6 * (c1 - c0) / max(images, 1),
+            "mean_batch": (s1 - s0) / max(n1 - n0, 1), "img_s": load["img_s"], "p50_ms": load["p50_ms"],
+            "errors": load["errors"], "first_error": load["first_error"]}
+
+
+def model_and_decode_us(jpegs: list[bytes], batch: int, reps: int = 30) -> tuple[float, float]:
+    """CPU µs per image of the prompted tower (taps on, mixed domains, `batch` a forward) and of the decode."""
+    from promptclip import ModelSpec, PromptedCLIP, PromptStore, load_clip
+    from promptclip.images import decode_rgb
+
+    clip = load_clip(ModelSpec(device="cpu"))
+    enc = PromptedCLIP(clip.model)
+    store = PromptStore(STORE)
+    bundles = [store.load_current(d, clip.info) for d in store.domains() if not d.startswith("_")]
+    t = time.process_time()
+    pixels = [clip.preprocess(decode_rgb(b)) for b in jpegs]
+    decode_us = 1e6 * (time.process_time() - t) / len(jpegs)
+    rows = torch.arange(batch) % len(bundles)
+    prompts = torch.stack([b.vision_prompts() for b in bundles])[rows]
+    images = torch.stack([pixels[i % len(pixels)] for i in range(batch)])
+    with torch.inference_mode():
+        enc.encode_image(images, prompts, taps=True)  # warm-up
+        t = time.process_time()
+        for _ in range(reps):
+            enc.encode_image(images, prompts, taps=True)
+        model_us = 1e6 * (time.process_time() - t) / (reps * batch)
+    return model_us, decode_us
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench overhead", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--conc", type=int, default=16, help="connections for single-image /classify")
+    p.add_argument("--batch-items", type=int, default=16, help="images per /classify/batch request (0: skip)")
+    p.add_argument("--batch-conc", type=int, default=4, help="concurrent /classify/batch requests")
+    p.add_argument("--images", type=int, default=64, help="distinct 224x224 JPEGs cycled through")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per phase")
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
+    p.add_argument("--workers", default=None, help="server MODERATION_WORKERS (default: the server's)")
+    p.add_argument("--server-log", default=None, help="write the server's output here (default: discarded)")
+    return p.parse_args(argv)
+
+
+def start_server(port: int, workers: str | None, log_path: str | None) -> subprocess.Popen:
+    env = dict(os.environ, MODERATION_PORT=str(port), MODERATION_HOST="127.0.0.1", MODERATION_TORCH_THREADS="1",
+               MODERATION_REVIEW_DB="off", MODERATION_ACCESS_LOG="false", MODERATION_LOG_LEVEL="warning",
+               MODERATION_MAX_QUEUE="4096", MODERATION_REQUEST_TIMEOUT_S="120")
+    if workers is not None:
+        env["MODERATION_WORKERS"] = workers
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen([sys.executable, "-m", "service"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=STORE.parent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(1)
+    domains = sorted(d.name for d in STORE.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    jpegs = make_jpegs(args.images, 224, 224)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    for i, b in enumerate(jpegs):
+        (tmp / f"{i:03d}.jpg").write_bytes(b)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(port, args.workers, args.server_log)
+    phases = {}
+    try:
+        wait_ready(url, proc, timeout_s=300)
+        plan = [("/classify", args.conc, 0)] + ([("/classify/batch", args.batch_conc, args.batch_items)]
+                                                 if args.batch_items else [])
+        for name, conc, items in plan:
+            print(f"[run] {name} c={conc}{f' x{items}' if items else ''}: {args.warmup:g}+{args.duration:g} s",
+                  flush=True)
+            phases[name] = measure_phase(url, proc.pid, port, tmp, domains, conc, items, args.warmup, args.duration)
+    finally:
+        stop_server(proc)
+    rows = []
+    for name, ph in phases.items():
+        model_us, decode_us = model_and_decode_us(jpegs, max(1, round(ph["mean_batch"])))
+        ph.update(model_us=model_us, decode_us=decode_us,
+                  overhead_us=ph["cpu_us_per_image"] - model_us - decode_us)
+        rows.append({"path": name, "img/s": ph["img_s"], "mean batch": ph["mean_batch"],
+                     "server CPU µs/img": ph["cpu_us_per_image"], "model µs/img": model_us,
+                     "decode µs/img": decode_us, "overhead µs/img": ph["overhead_us"], "errors": ph["errors"]})
+    print("\nserver CPU time per image (all server processes), embedded default, 224x224 JPEGs, mixed domains")
+    print(table(rows, ["path", "img/s", "mean batch", "server CPU µs/img", "model µs/img", "decode µs/img",
+                       "overhead µs/img", "errors"]))
+    emit({"bench": "overhead", "workers": args.workers, "phases": phases, "machine": machine(),
+          "load_avg": os.getloadavg()})
+    return 0 if all(ph["errors"] == 0 for ph in phases.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
