@@ -90,6 +90,14 @@ def add_config(p: argparse.ArgumentParser, cls, prefix: str = "", skip: tuple[st
         g.add_argument(name, **kw)
 
 
+def int_list(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (an option's type; values may also be given space-separated)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from e
+
+
 def read_config(ns: argparse.Namespace, cls, prefix: str = "", **override):
     vals = {f.name: getattr(ns, prefix + f.name) for f in fields(cls) if hasattr(ns, prefix + f.name)}
     vals.update(override)
@@ -147,6 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_config(s, DecisionConfig)
     s.add_argument("--no-router", action="store_true", help="do not fit and publish the domain router")
     add_config(s, RouterConfig)
+
+    s = command("curve", "accuracy against shots per label on fresh synthetic worlds",
+                "For each world seed, writes the world, then groups and evaluates it at each shots level\n"
+                "(every variant of evaluate's report, plus the zero-shot guard). Writes OUT/curve.json,\n"
+                "OUT/curve.md and OUT/shots_curve.png. A rerun skips the (world, shots) cells already done.",
+                usage="--out OUT --seeds S1,S2,S3")
+    s.add_argument("--out", type=Path, default=Path("runs/curve"), help="output directory (worlds, runs, results)")
+    s.add_argument("--seeds", required=True, nargs="+", type=int_list, help="world seeds, e.g. 101,202,303")
+    s.add_argument("--shots", nargs="+", type=int_list, default=[[1, 2, 4, 8, 16]],
+                   help="shots per label per domain, e.g. 1,2,4,8,16 (default: 1,2,4,8,16)")
+    s.add_argument("--train-seeds", nargs="+", type=int, default=EvalConfig().seeds,
+                   help="training seeds per cell (the evaluation's --seeds)")
+    s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: every domain)")
+    model_args(s)
+    add_config(s, SynthConfig, skip=("seed",))
+    add_config(s, SplitConfig, skip=("shots",))
+    add_config(s, PromptSizes)
+    add_config(s, TrainConfig)
+    add_config(s, GroupConfig, prefix="group_")
+    add_config(s, EvalConfig, skip=("seeds",))
 
     s = command("synth", "write the synthetic multi-domain data set",
                 "Writes DATA/<domain>/<label>/*.png and DATA/planted_groups.json; a seed gives the same images on "
@@ -446,13 +474,25 @@ def cmd_demo(ns) -> int:
     return 0
 
 
+def cmd_curve(ns) -> int:
+    from .curve import run_curve, summarise_curve, write_outputs
+
+    ns.out.mkdir(parents=True, exist_ok=True)
+    summary = summarise_curve(run_curve(ns))
+    paths = write_outputs(summary, ns.out)
+    print(Path(paths["markdown"]).read_text())
+    print(json.dumps(paths))
+    return 0
+
+
 def cmd_recalibrate(ns) -> int:
     return _recalibrate_module().run(ns)
 
 
 COMMANDS = {"synth": cmd_synth, "pretrain-tiny": cmd_pretrain, "group": cmd_group, "train": cmd_train,
             "evaluate": cmd_evaluate, "export": cmd_export, "rollback": cmd_rollback, "fit": cmd_fit,
-            "router": cmd_router, "label": cmd_label, "demo": cmd_demo, "recalibrate": cmd_recalibrate}
+            "router": cmd_router, "label": cmd_label, "demo": cmd_demo, "recalibrate": cmd_recalibrate,
+            "curve": cmd_curve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,8 @@ group_private        ours: g tokens shared in the gradient-similarity group + p 
 global_group_private one group holding every task: g shared + p private
 random_groups        control: group_private's layout on random partitions with the same group sizes
 prototype            baseline: nearest class mean of the shots' frozen image features (no training)
+guarded              group_private under the zero-shot guard (training/guard.py): per domain, the
+                     calibration split picks prompted, zero-shot or a logit blend of the two
 
 Every trained variant gives a task n = g + p prompt tokens per layer per tower and trains for
 the same steps on the same shots (chosen by the seed), with the same consistency loss to the
@@ -25,6 +27,7 @@ import numpy as np
 
 from .baselines import prototype_params, prototype_predict, random_partition
 from .config import EvalConfig
+from .guard import GUARD_WEIGHTS, guard_applies, guarded_seed
 from .runtime import RunContext
 from .stats import paired_bootstrap, per_seed_diffs
 from .train import accuracy, predict, train_variant
@@ -119,6 +122,8 @@ def evaluate(rc: RunContext, groups: list[list[str]], ecfg: EvalConfig, run_dir:
         "model": rc.clip.info.to_dict(),
         "shots_note": SHOTS_NOTE,
     }
+    if guard_applies(ecfg.variants):
+        report["guarded"] = guard_report(rc, groups, ecfg, run_dir, keep, correct, params[OURS])
     if rc.dist.is_main:
         (run_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (run_dir / "report.md").write_text(report_markdown(report) + "\n")
@@ -133,6 +138,29 @@ def paired_against(correct: dict, ecfg: EvalConfig) -> dict:
             for v, c in correct.items() if v != OURS}
 
 
+def guard_report(rc: RunContext, groups: list[list[str]], ecfg: EvalConfig, run_dir: Path, keep: bool,
+                 correct: dict, params: int) -> dict:
+    """report.json's "guarded" entry: group_private under the zero-shot guard, every seed, with paired
+    intervals against group_private and, per domain, against zero-shot."""
+    acc, hits, choices = {}, {}, {}
+    for seed in ecfg.seeds:
+        acc[seed], hits[seed], choices[str(seed)] = guarded_seed(rc.with_train(seed=seed), groups, run_dir, keep)
+        log.info("seed %d %-21s mean %.3f", seed, "guarded", statistics.mean(acc[seed].values()))
+    out = summarise(acc, params, rc.data.tasks)
+    zs = correct["zero_shot"]
+
+    def per_domain(a: dict) -> dict:
+        return {d: paired_bootstrap({s: {d: a[s][d]} for s in a}, {s: {d: zs[s][d]} for s in a}, ecfg.bootstrap)
+                for d in rc.data.tasks}
+
+    out.update(weights=GUARD_WEIGHTS, choices=choices,
+               paired={**paired_bootstrap(hits, correct[OURS], ecfg.bootstrap),
+                       "per_seed": per_seed_diffs(hits, correct[OURS])},
+               vs_zero_shot=per_domain(hits), prompted_vs_zero_shot=per_domain(correct[OURS]))
+    out["within_1_point"] = all(v["diff"] >= -0.01 for v in out["vs_zero_shot"].values())
+    return out
+
+
 def _stability(run_dir: Path) -> dict | None:
     path = run_dir / "groups.json"
     return json.loads(path.read_text()).get("stability") if path.is_file() else None
@@ -141,10 +169,33 @@ def _stability(run_dir: Path) -> dict | None:
 def _table(report: dict) -> list[str]:
     doms = report["domains"]
     lines = ["| variant | " + " | ".join(doms) + " | mean | trainable params |", "|---|" + "---|" * (len(doms) + 2)]
-    for v, r in report["variants"].items():
+    rows = {**report["variants"], **({"guarded": report["guarded"]} if report.get("guarded") else {})}
+    for v, r in rows.items():
         cells = [f"{100 * r['per_domain'][d]:.1f} ± {100 * r['per_domain_sd'][d]:.1f}" for d in doms]
         mean = f"{100 * r['mean']:.1f} ± {100 * r['mean_sd']:.1f}"
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {mean} | {r['trainable_params']:,} |")
+    return lines
+
+
+def _guard_lines(report: dict) -> list[str]:
+    g = report.get("guarded")
+    if not g:
+        return []
+    doms, seeds = report["domains"], report["seeds"]
+    verdict = "every domain is" if g["within_1_point"] else "NOT every domain is"
+    p = g["paired"]
+    lines = ["", f"Zero-shot guard (guarded: {OURS} where, per domain, the calibration split picks the zero-shot "
+             f"weight w of the logit blend w x zero-shot + (1 - w) x prompted, w in {list(g['weights'])}; never "
+             f"test). Mean {100 * g['mean']:.1f}, {100 * p['diff']:+.1f} [{100 * p['lo']:+.1f}, {100 * p['hi']:+.1f}] "
+             f"against {OURS}; {verdict} within 1 point of zero-shot. Test accuracy minus zero-shot (points, 95% "
+             "bootstrap interval):", "",
+             "| domain | w per seed | guarded | guarded - zero_shot | group_private - zero_shot |", "|---|---|---|---|---|"]
+    for d in doms:
+        ws = ", ".join(f"{g['choices'][str(s)][d]['weight']:g}" for s in seeds)
+        a, b = g["vs_zero_shot"][d], g["prompted_vs_zero_shot"][d]
+        lines.append(f"| {d} | {ws} | {100 * g['per_domain'][d]:.1f} | {100 * a['diff']:+.1f} "
+                     f"[{100 * a['lo']:+.1f}, {100 * a['hi']:+.1f}] | {100 * b['diff']:+.1f} "
+                     f"[{100 * b['lo']:+.1f}, {100 * b['hi']:+.1f}] |")
     return lines
 
 
@@ -191,7 +242,7 @@ def report_markdown(report: dict) -> str:
               "|---|" + "---|" * len(seeds)]
     for v, r in report["variants"].items():
         lines.append(f"| {v} | " + " | ".join(f"{100 * r['per_seed'][str(s)]['mean']:.1f}" for s in seeds) + " |")
-    lines += _paired_lines(report) + _stability_lines(report)
+    lines += _paired_lines(report) + _guard_lines(report) + _stability_lines(report)
     if report.get("random_partitions"):
         lines += ["", "random_groups partitions: " + "; ".join(f"seed {s}: {p}" for s, p in
                                                                 report["random_partitions"].items())]

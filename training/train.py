@@ -362,22 +362,29 @@ def load_final(path: Path, encoder: PromptedCLIP, tokenizer, data: TaskData) -> 
 
 
 @torch.no_grad()
-def predict(model: MultiTaskCLIP, cache: ImageCache, data: TaskData, split: str, keep: bool = True,
-            chunk: int = 256) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per task: (probabilities (N, C), true labels (N,)) on a split."""
+def predict_logits(model: MultiTaskCLIP, cache: ImageCache, data: TaskData, items: dict[str, list[tuple[Path, int]]],
+                   keep: bool = True, chunk: int = 256) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per task named in `items`: (label logits (N, C), true labels (N,)) on those (path, label) images."""
     model.eval()
     device = model.encoder.logit_scale.device
     out = {}
     for ti, dom in enumerate(data.domains):
-        items = getattr(dom, split)
-        probs = []
-        for i in range(0, len(items), chunk):
-            part = items[i:i + chunk]
+        if dom.name not in items:
+            continue
+        mine, logits = items[dom.name], [torch.zeros(0, len(dom.labels))]
+        for i in range(0, len(mine), chunk):
+            part = mine[i:i + chunk]
             x = cache.load([p for p, _ in part], cache=keep).to(device)
-            logits = model(x, torch.full((len(part),), ti, device=device))
-            probs.append(logits[:, : len(dom.labels)].softmax(-1).float().cpu())
-        out[dom.name] = (torch.cat(probs), torch.tensor([li for _, li in items]))
+            logits.append(model(x, torch.full((len(part),), ti, device=device))[:, : len(dom.labels)].float().cpu())
+        out[dom.name] = (torch.cat(logits), torch.tensor([li for _, li in mine], dtype=torch.long))
     return out
+
+
+def predict(model: MultiTaskCLIP, cache: ImageCache, data: TaskData, split: str, keep: bool = True,
+            chunk: int = 256) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per task: (probabilities (N, C), true labels (N,)) on a split."""
+    items = {dom.name: getattr(dom, split) for dom in data.domains}
+    return {d: (z.softmax(-1), y) for d, (z, y) in predict_logits(model, cache, data, items, keep, chunk).items()}
 
 
 def accuracy(preds: dict[str, tuple[Tensor, Tensor]]) -> dict[str, float]:
