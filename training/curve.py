@@ -147,7 +147,8 @@ def curve_markdown(summary: dict) -> str:
     levels = summary["levels"]
     ks = list(levels)
     first = levels[ks[0]]
-    head = ["| variant | " + " | ".join(f"{k} shot{'' if k == '1' else 's'}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    names = [f"{k} shot" + ("" if k == "1" else "s") for k in ks]
+    head = ["| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(ks)]
     acc, diff, drop = list(head), list(head), list(head)
     for v in first["variants"]:
         acc.append(f"| {v} | " + " | ".join(_pts(levels[k]["variants"][v]["accuracy"]) for k in ks) + " |")
