@@ -95,14 +95,18 @@ def _short_startup_failure(record: logging.LogRecord) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     parse_args(argv)  # --help prints the settings and exits 0 before anything loads
-    import uvicorn
-
-    from .main import create_app  # torch and the model code: only when the server runs
     from .settings import get_settings
 
     settings = get_settings()
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.resolved_workers() > 1:  # front ends + one engine process (service.supervisor)
+        from .supervisor import Supervisor
+
+        sys.exit(Supervisor(settings, settings.resolved_workers()).run())
+    import uvicorn
+
+    from .main import create_app  # torch and the model code: only when the server runs
     logging.getLogger("uvicorn.error").addFilter(_short_startup_failure)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),

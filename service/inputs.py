@@ -19,7 +19,7 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
 from .errors import ApiError, validation_error
-from .registry import DomainEntry, Snapshot
+from .items import lookup  # noqa: F401  (re-exported for the admin routes)
 
 MULTIPART, JSON = "multipart/form-data", "application/json"
 _OVERHEAD = 64 * 1024  # multipart boundaries and headers, JSON keys and domains
@@ -139,22 +139,3 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
-
-
-def check_domain(value: Any) -> str:
-    if value is None:
-        raise validation_error("field 'domain' is required")
-    if not isinstance(value, str):
-        raise validation_error("field 'domain' must be a string")
-    if not value:
-        raise validation_error("field 'domain' must not be empty")
-    return value  # matched verbatim: "photo " is an unknown domain (404), never normalised into another
-
-
-def lookup(snapshot: Snapshot, domain: str) -> DomainEntry:
-    """The loaded bundle for `domain` (a dict lookup: request input never becomes a path)."""
-    entry = snapshot.domains.get(domain)
-    if entry is None:
-        shown = domain if len(domain) <= 64 else domain[:64] + "..."
-        raise ApiError(404, "unknown_domain", f"unknown domain {shown!r}; known domains: {snapshot.known()}")
-    return entry

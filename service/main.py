@@ -22,6 +22,7 @@ from .decode import ImageDecoder
 from .engine import BatchingEngine
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware, ServiceMetrics
+from .pipeline import LocalBackend
 from .registry import BundleRegistry
 from .routers import admin, classify, domains, health, metrics, moderations, review
 from .routing import DomainRouting
@@ -105,6 +106,7 @@ async def _startup(st: ServiceState) -> None:
         await engine.warmup(snapshot, st.clip.info.image_size)
     _start_review(st)
     st.engine = engine
+    st.backend = LocalBackend(st)
     st.metrics.set_bundles(snapshot)
     st.metrics.reloads.labels("ok" if report.ok else "refused").inc()
     st.ready = True

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .registry import Snapshot
+if TYPE_CHECKING:
+    from .registry import Snapshot
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -34,22 +36,24 @@ class ServiceMetrics:
         self.inference_seconds = Histogram("moderation_inference_seconds", "Model time per batch",
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.bundle = Gauge("moderation_bundle_loaded", "1 for each bundle version being served",
-                            ["domain", "version", "sha256"], registry=r)
-        self.bundle_generation = Gauge("moderation_bundle_generation", "Snapshot generation", registry=r)
+                            ["domain", "version", "sha256"], registry=r, multiprocess_mode="livemax")
+        self.bundle_generation = Gauge("moderation_bundle_generation", "Snapshot generation", registry=r, multiprocess_mode="livemax")
         self.reloads = Counter("moderation_reloads", "Store reloads by outcome", ["outcome"], registry=r)
-        self.ready = Gauge("moderation_ready", "1 when /readyz answers 200", registry=r)
+        self.ready = Gauge("moderation_ready", "1 when /readyz answers 200", registry=r, multiprocess_mode="livemax")
         self.review_enqueued = Counter("moderation_review_enqueued", "Answers written to the review queue, by reason",
                                        ["reason"], registry=r)
         self.review_dropped = Counter("moderation_review_dropped", "Answers for review that were not queued (queue "
                                       "full or review store down)", registry=r)
         self.review_pending = Gauge("moderation_review_pending", "Review items without a verdict (all domains)",
-                                    registry=r)
+                                    registry=r, multiprocess_mode="livemax")
 
     def observe_batch(self, size: int, depth: int) -> None:
         self.batch_size.observe(size)
         self.queue_depth.observe(depth)
 
     def set_bundles(self, snapshot: Snapshot) -> None:
+        for labels in list(self.bundle._metrics):  # zero first: with several processes the old series persist
+            self.bundle.labels(*labels).set(0)
         self.bundle.clear()
         for e in snapshot.domains.values():
             self.bundle.labels(e.domain, e.version, e.sha256[:16]).set(1)
@@ -63,7 +67,7 @@ class MetricsMiddleware:
         self.app, self.metrics = app, metrics
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("proxied"):  # proxied: the front end counted it
             return await self.app(scope, receive, send)
         status = {"code": 500}
         t0 = time.perf_counter()

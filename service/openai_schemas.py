@@ -100,3 +100,21 @@ MODERATION_ERRORS = {
 
 
 MODERATION_BODY = body_doc(ModerationRequest)
+
+
+def moderation_result(entry: Any, answer: dict) -> dict:
+    """OpenAI's per-input result from a /classify answer under `entry` (a served DomainEntry): unsafe labels
+    and their OpenAI categories."""
+    by_name = {lab["label"]: lab for lab in answer["labels"]}
+    cats: dict[str, bool] = {}
+    scores: dict[str, float] = {}
+    for info in entry.labels:
+        if not info.unsafe:
+            continue
+        lab = by_name[info.name]
+        for key in (info.name, info.openai_category) if info.openai_category else (info.name,):
+            cats[key] = cats.get(key, False) or bool(lab["flagged"])
+            scores[key] = max(scores.get(key, 0.0), float(lab["probability"]))
+    return {"flagged": answer["flagged"], "categories": cats, "category_scores": scores,
+            "category_applied_input_types": {k: ["image"] for k in cats},
+            "domain": answer["domain"], "needs_review": answer["needs_review"], "routing": answer.get("routing")}

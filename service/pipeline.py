@@ -16,48 +16,42 @@ import asyncio
 import random
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from review import NewItem
 
 from .errors import ApiError
-from .inputs import check_domain, lookup
+from .items import Item, lookup, sniff_content_type
+from .openai_schemas import moderation_result
 from .registry import DomainEntry, Snapshot
-from .routing import AUTO, route_info
+from .routing import route_info
 from .scoring import build_result
 from .state import ServiceState
 
 
-def requested_domain(value: Any) -> str | None:
-    """None (route the image) for a missing domain or `auto`; else the checked domain name."""
-    return None if value is None or value == AUTO else check_domain(value)
+class LocalBackend:
+    """The engine of this process behind the hot routes (service.state.Backend): views are the registry's
+    snapshots, so a request finishes on the bundles it started on."""
+
+    def __init__(self, state: ServiceState):
+        self.state = state
+
+    def view(self) -> Snapshot:
+        return self.state.registry.snapshot
+
+    async def classify(self, view: Snapshot, items: list[Item], t0: float, render: str | None = None) -> list[Any]:
+        answers = await classify_items(self.state, view, items, t0)
+        if render is None:
+            return answers
+        return [a if isinstance(a, ApiError) else RENDERERS[render](view, a) for a in answers]
 
 
-@dataclass
-class Item:
-    """One image of a request: its bytes and domain (None: route it), or the error it already failed with.
-
-    `content_type` is what the review queue stores with the bytes; None: sniffed from the bytes."""
-
-    data: bytes | None = None
-    domain: str | None = None
-    error: ApiError | None = None
-    content_type: str | None = None
+def _moderation(view: Snapshot, answer: dict) -> dict:
+    return {"model": f"{answer['domain']}@{answer['bundle']['version']}",
+            "result": moderation_result(view.domains[answer["domain"]], answer)}
 
 
-_MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF87a", "image/gif"),
-          (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
-
-
-def sniff_content_type(data: bytes) -> str:
-    """The exact image type of bytes the decoder accepted (JPEG, PNG, WebP, GIF, BMP)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    for magic, kind in _MAGIC:
-        if data.startswith(magic):
-            return kind
-    return "application/octet-stream"
+RENDERERS = {"moderation": _moderation}  # answers rendered where the bundles are (the OpenAI route's)
 
 
 async def classify_items(state: ServiceState, snapshot: Snapshot, items: list[Item], t0: float) -> list[Any]:

@@ -80,6 +80,11 @@ class Snapshot:
     def known(self) -> list[str]:
         return sorted(self.domains)
 
+    @property
+    def routable(self) -> bool:
+        """Whether an image sent without a domain can be routed to a served one."""
+        return self.router is not None and bool(set(self.router.manifest.domains) & set(self.domains))
+
 
 @dataclass
 class ReloadReport:

@@ -17,22 +17,9 @@ from torch import Tensor
 
 from promptclip.router import Route
 
-from .errors import ApiError, validation_error
+from .errors import ApiError
+from .items import no_router
 from .registry import Snapshot
-
-AUTO = "auto"
-
-
-def no_router(snapshot: Snapshot, field: str = "domain") -> ApiError:
-    """422 for an image sent without a domain while no router can route it (stores without a router keep
-    the contract they had: the domain is required)."""
-    return validation_error(f"field {field!r} is required: no domain router is loaded (known domains: "
-                            f"{snapshot.known()}); publish one with python -m training router --data DATA "
-                            "--store STORE")
-
-
-def can_route(snapshot: Snapshot) -> bool:
-    return snapshot.router is not None and bool(set(snapshot.router.manifest.domains) & set(snapshot.domains))
 
 
 @dataclass(eq=False)
@@ -59,7 +46,7 @@ class DomainRouting:
     async def route(self, images: list[Tensor], snapshot: Snapshot) -> list[Route]:
         """The domain each of `images` (3, H, W) is routed to, queued together so they share a forward
         pass; ApiError 422 when the snapshot has no usable router."""
-        if not can_route(snapshot):
+        if not snapshot.routable:
             raise no_router(snapshot)
         loop = asyncio.get_running_loop()
         jobs = [_Pending(p, snapshot, loop.create_future(), loop) for p in images]

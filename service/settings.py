@@ -6,6 +6,7 @@ embedded tiny CLIP and the demo bundles in ./prompts_store on port 8000.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -72,6 +73,10 @@ class Settings(BaseSettings):
     warmup: bool = True
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
     access_log: bool = True
+    workers: str = Field("auto", pattern=r"^(auto|[1-9][0-9]*)$",
+                         description="front-end processes (HTTP, parsing, responses) before one engine process that "
+                                     "owns the model; auto: half the cores, at most 8 (1 on two cores); 1: one "
+                                     "process serves everything")
 
     @field_validator("review_db")
     @classmethod
@@ -87,6 +92,11 @@ class Settings(BaseSettings):
     @classmethod
     def _none_string(cls, v):
         return None if isinstance(v, str) and v.strip().lower() in ("", "none", "null") else v
+
+    def resolved_workers(self) -> int:
+        if self.workers != "auto":
+            return int(self.workers)
+        return max(1, min(8, (os.cpu_count() or 1) // 2))
 
     def resolved_device(self) -> str:
         if self.device != "auto":

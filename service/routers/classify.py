@@ -22,8 +22,7 @@ from ..inputs import (
     read_form,
     read_upload,
 )
-from ..pipeline import Item, classify_items, requested_domain
-from ..routing import can_route
+from ..items import Item, requested_domain
 from ..schemas import (
     BATCH_BODY,
     CLASSIFY_BODY,
@@ -66,7 +65,7 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
     may also come as `?domain=` (422 if it contradicts the body's). Without a domain (or with `auto`) the
     store's domain router picks it, and `routing` says which, with what confidence."""
     t0 = time.perf_counter()
-    snapshot = state.registry.snapshot  # this request finishes on the bundles loaded now
+    snapshot = state.backend.view()  # this request finishes on the bundles loaded now
     s = state.settings
     limit = body_limit(s.max_image_bytes, 1)
     if content_kind(request) == MULTIPART:
@@ -92,7 +91,7 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
         if domain is not None:
             lookup(snapshot, domain)  # 404 before decoding base64
         data = decode_base64(req.image, s.max_image_bytes)
-    (result,) = await classify_items(state, snapshot, [Item(data, domain)], t0)
+    (result,) = await state.backend.classify(snapshot, [Item(data, domain)], t0)
     if isinstance(result, ApiError):
         raise result
     return JSONResponse(result)
@@ -143,7 +142,7 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
     item fails alone (its `status` and `error`); the others are classified in the same micro-batches."""
     t0 = time.perf_counter()
     _no_query_domain(request)
-    snapshot = state.registry.snapshot
+    snapshot = state.backend.view()
     s = state.settings
     n_max = s.max_batch_items
     limit = body_limit(s.max_image_bytes, n_max)
@@ -151,13 +150,13 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
     if content_kind(request) == MULTIPART:
         form = await read_form(request, limit, max_files=n_max, timeout_s=s.body_timeout_s)
         try:
-            await _read_batch_form(form, items, n_max, s.max_image_bytes, can_route(snapshot))
+            await _read_batch_form(form, items, n_max, s.max_image_bytes, snapshot.routable)
         finally:
             await form.close()
     else:
         _read_batch_json(parse_json(await read_body(request, limit, s.body_timeout_s)), items, n_max,
                          s.max_image_bytes)
-    answers = await classify_items(state, snapshot, items, t0)
+    answers = await state.backend.classify(snapshot, items, t0)
     results = [_item_error(i, a) if isinstance(a, ApiError) else {"index": i, "status": 200, "result": a,
                                                                   "error": None}
                for i, a in enumerate(answers)]

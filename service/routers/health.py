@@ -19,7 +19,7 @@ async def healthz() -> dict:
             responses={503: error_doc("Starting, draining, or no bundle loaded", "not_ready", "draining")})
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state.service
-    n = len(state.registry.snapshot.domains) if state.registry is not None else 0
+    n = len(state.backend.view().domains) if state.backend is not None else 0
     reason = ("draining" if state.draining else "starting" if not state.ready
               else "no bundle loaded from the store" if n == 0 else None)
     if reason:

@@ -28,9 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ApiError, validation_error
 from ..inputs import JSON, body_limit, content_kind, decode_base64, parse_json, read_body
 from ..openai_schemas import MODERATION_BODY, MODERATION_ERRORS, ModerationResponse
-from ..pipeline import Item, classify_items
-from ..registry import DomainEntry, Snapshot
-from ..routing import AUTO, can_route, no_router
+from ..items import AUTO, Item, no_router
 from ..state import StateDep
 
 log = logging.getLogger(__name__)
@@ -81,7 +79,7 @@ class OpenAIErrorRoute(APIRoute):
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrorRoute)
 
 
-def _model_entry(snapshot: Snapshot, model: Any) -> str | None:
+def _model_entry(snapshot: Any, model: Any) -> str | None:
     """The domain `model` names (None: route each image); 404 model_not_found for an unknown one."""
     if model is None or model == AUTO:
         return None
@@ -119,23 +117,6 @@ def _image_data(part: Any, i: int, max_bytes: int) -> bytes:
         raise ParamError(e.status, e.code, f"{where}: {e.message}", where, e.headers) from None
 
 
-def moderation_result(entry: DomainEntry, answer: dict) -> dict:
-    """OpenAI's per-input result from a /classify answer: unsafe labels and their OpenAI categories."""
-    by_name = {lab["label"]: lab for lab in answer["labels"]}
-    cats: dict[str, bool] = {}
-    scores: dict[str, float] = {}
-    for info in entry.labels:
-        if not info.unsafe:
-            continue
-        lab = by_name[info.name]
-        for key in (info.name, info.openai_category) if info.openai_category else (info.name,):
-            cats[key] = cats.get(key, False) or bool(lab["flagged"])
-            scores[key] = max(scores.get(key, 0.0), float(lab["probability"]))
-    return {"flagged": answer["flagged"], "categories": cats, "category_scores": scores,
-            "category_applied_input_types": {k: ["image"] for k in cats},
-            "domain": answer["domain"], "needs_review": answer["needs_review"], "routing": answer.get("routing")}
-
-
 @router.post("/moderations/", include_in_schema=False)  # the trailing slash: the same route, no redirect
 @router.post("/moderations", response_model=ModerationResponse, responses=MODERATION_ERRORS,
              openapi_extra=MODERATION_BODY, summary="OpenAI-compatible moderation of images")
@@ -143,7 +124,7 @@ async def moderations(request: Request, state: StateDep) -> JSONResponse:
     """`{"model": <domain> | "auto", "input": [{"type": "image_url", "image_url": {"url": "data:..."}}]}`;
     one result per image part, in order. Errors use OpenAI's error shape."""
     t0 = time.perf_counter()
-    snapshot = state.registry.snapshot
+    snapshot = state.backend.view()
     s = state.settings
     if content_kind(request) != JSON:
         raise ParamError(415, "unsupported_media_type", "send application/json", None)
@@ -151,7 +132,7 @@ async def moderations(request: Request, state: StateDep) -> JSONResponse:
     if not isinstance(raw, dict) or "input" not in raw:
         raise ParamError(400, "invalid_request", 'the body must be {"model": ..., "input": [...]}', "input")
     domain = _model_entry(snapshot, raw.get("model"))
-    if domain is None and not can_route(snapshot):
+    if domain is None and not snapshot.routable:
         raise ParamError(422, "domain_required", no_router(snapshot, "model").message, "model")
     parts = raw["input"] if isinstance(raw["input"], list) else [raw["input"]]
     if not parts:
@@ -159,10 +140,10 @@ async def moderations(request: Request, state: StateDep) -> JSONResponse:
     if len(parts) > s.max_batch_items:
         raise ParamError(413, "too_many_items", f"{len(parts)} inputs; the limit is {s.max_batch_items}", "input")
     items = [Item(_image_data(p, i, s.max_image_bytes), domain) for i, p in enumerate(parts)]
-    answers = await classify_items(state, snapshot, items, t0)
+    answers = await state.backend.classify(snapshot, items, t0, render="moderation")
     for i, a in enumerate(answers):
         if isinstance(a, ApiError):
             raise ParamError(a.status, a.code, f"input[{i}]: {a.message}", f"input[{i}]", a.headers) from None
-    models = list(dict.fromkeys(f"{a['domain']}@{a['bundle']['version']}" for a in answers))
+    models = list(dict.fromkeys(a["model"] for a in answers))
     return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": ",".join(models),
-                         "results": [moderation_result(snapshot.domains[a["domain"]], a) for a in answers]})
+                         "results": [a["result"] for a in answers]})
