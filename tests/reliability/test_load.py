@@ -143,11 +143,12 @@ def test_admin_disabled_without_a_token(limits_server):
 
 
 @pytest.mark.slow
-def test_sigterm_under_load_answers_every_in_flight_request(rel_model, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])  # one process; two front ends before the engine process
+def test_sigterm_under_load_answers_every_in_flight_request(rel_model, tmp_path, workers):
     make_store(tmp_path / "store", rel_model.clip)
     delay, grace = 1.0, 10.0
     env = tiny_env(rel_model, tmp_path / "store", MODERATION_DRAIN_DELAY_S=str(delay),
-                   MODERATION_DRAIN_TIMEOUT_S=str(grace), MODERATION_ACCESS_LOG="false")
+                   MODERATION_DRAIN_TIMEOUT_S=str(grace), MODERATION_ACCESS_LOG="false", MODERATION_WORKERS=workers)
     with running_server(env) as srv:
         driver = Driver(srv.url, total=10**9, concurrency=8).start()
         while driver.done < 40:
