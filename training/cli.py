@@ -295,12 +295,15 @@ class Context:
         self.cache = ImageCache(self.clip.preprocess)
         self.data_dir = Path(data)
 
-    def save_run_json(self, run: Path) -> None:
-        run.mkdir(parents=True, exist_ok=True)
-        info = {"data": str(self.data_dir.resolve()), "model": to_dict(self.model_cfg), "tokenizer": self.tokenizer,
+    def run_info(self) -> dict:
+        """RUN/run.json: the data, model and recipe a run was made with."""
+        return {"data": str(self.data_dir.resolve()), "model": to_dict(self.model_cfg), "tokenizer": self.tokenizer,
                 "split": to_dict(self.split),
                 "prompt": to_dict(self.sizes), "train": to_dict(self.train), "tasks": self.data.tasks}
-        (run / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+
+    def save_run_json(self, run: Path) -> None:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "run.json").write_text(json.dumps(self.run_info(), indent=1) + "\n")
 
     @property
     def run_context(self):

@@ -4,7 +4,8 @@ For each world seed, `synth` writes the world once (OUT/world-<seed>/data); then
 level, the fit pipeline's grouping and evaluation run on it (OUT/world-<seed>/shots-<k>/), with every
 variant of the evaluation report and the zero-shot guard. Export and the router are left out: they
 change no accuracy. A finished (world, shots) cell writes cell.json and is skipped on a rerun, so an
-interrupted curve continues where it stopped (trained variants are reused from their final.pt too).
+interrupted curve continues where it stopped: within an unfinished cell, a finished grouping (same
+options) and finished trained variants (their final.pt) are reused too.
 
 Across worlds, the unit is a (world, domain) pair: a variant's accuracy is the mean over units with a
 95% t-interval, and its difference against group_private is paired over the same units.
@@ -24,8 +25,8 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from .cli import Context, do_group, read_config
-from .config import EvalConfig, SynthConfig
+from .cli import Context, do_group, read_config, read_groups
+from .config import EvalConfig, GroupConfig, SynthConfig, to_dict
 from .evaluate import OURS, evaluate
 from .partition import same_partition
 
@@ -55,12 +56,32 @@ def world_data(ns: argparse.Namespace, seed: int) -> Path:
     return data
 
 
+def cell_groups(ctx: Context, ns: argparse.Namespace, run: Path) -> list[list[str]]:
+    """The cell's grouping, reused when an interrupted run of this cell finished it with the same options."""
+    key = json.loads(json.dumps({"run": ctx.run_info(), "group": to_dict(read_config(ns, GroupConfig, "group_"))}))
+    marker = run / "grouping_key.json"
+    if marker.is_file() and (run / "groups.json").is_file() and json.loads(marker.read_text()) == key:
+        log.info("reusing the finished grouping of %s", run)
+        return read_groups(run / "groups.json")
+    groups = do_group(ctx, ns, run)["groups"]
+    _write_json(marker, key)
+    return groups
+
+
+def finished_cell(path: Path, ns: argparse.Namespace) -> dict | None:
+    """A cell's results if it finished with these training seeds, else None (it runs again)."""
+    if not path.is_file():
+        return None
+    cell = json.loads(path.read_text())
+    return cell if cell.get("train_seeds") == list(ns.train_seeds) else None
+
+
 def run_cell(ctx: Context, ns: argparse.Namespace, seed: int, shots: int) -> dict:
     """Group and evaluate one world at one shots level; the cell's accuracies (cell.json)."""
     run = ns.out / f"world-{seed}" / f"shots-{shots}"
     t0 = time.time()
     ctx.split = replace(ctx.split, shots=shots)
-    groups = do_group(ctx, ns, run)["groups"]
+    groups = cell_groups(ctx, ns, run)
     ecfg = read_config(ns, EvalConfig, seeds=ns.train_seeds)
     rep = evaluate(ctx.run_context, groups, ecfg, run)
     planted = json.loads((ctx.data_dir / "planted_groups.json").read_text())["groups"]
@@ -84,9 +105,9 @@ def run_curve(ns: argparse.Namespace) -> list[dict]:
     cells, todo = [], []
     for seed in seeds:
         for k in levels:
-            done = ns.out / f"world-{seed}" / f"shots-{k}" / "cell.json"
-            if done.is_file():
-                cells.append(json.loads(done.read_text()))
+            done = finished_cell(ns.out / f"world-{seed}" / f"shots-{k}" / "cell.json", ns)
+            if done is not None:
+                cells.append(done)
             else:
                 todo.append((seed, k))
     log.info("curve: %d cells done, %d to run", len(cells), len(todo))
