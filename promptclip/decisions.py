@@ -75,16 +75,20 @@ class Banks:
 
     labels: Tensor  # (T, Cmax, E)
     label_counts: Tensor  # (T,)
+    negatives: Tensor  # (T, Mmax, E)
+    negative_counts: Tensor  # (T,)
     domains: tuple[DomainBank, ...]  # negatives, scope model and rule per domain, by row
     rules: RuleBank  # the rules as padded tensors
-    scope: ScopeBank  # the scope models stacked per source
+    scope: ScopeBank  # the scope models stacked over sources and domains
 
     @classmethod
     def stack(cls, banks: Sequence[DomainBank], device=None) -> Banks:
         device = device or banks[0].labels.device
-        lab, lc = _pad([b.labels for b in banks], banks[0].labels.shape[1], device)
+        dim = banks[0].labels.shape[1]
+        lab, lc = _pad([b.labels for b in banks], dim, device)
+        neg, nc = _pad([b.negatives.reshape(-1, dim) for b in banks], dim, device)
         rules = [b.rule or DecisionRule.uncalibrated(b.labels.shape[0]) for b in banks]
-        return cls(lab, lc, tuple(banks), RuleBank.stack(rules, lab.shape[1], device),
+        return cls(lab, lc, neg, nc, tuple(banks), RuleBank.stack(rules, lab.shape[1], device),
                    ScopeBank.stack([b.scope for b in banks], device))
 
 
@@ -157,17 +161,11 @@ def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
 
 
 def negative_logsumexp(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -> Tensor:
-    """(B,) per sample, logsumexp of the scaled cosines to its own domain's negative labels (-inf without).
-
-    One matrix product per distinct domain in the batch, not per sample.
-    """
-    z_neg = torch.full((feats.shape[0],), NEG_INF, device=feats.device)
-    for r in rows.unique().tolist():
-        bank = banks.domains[r]
-        if bank.negatives.shape[0]:
-            idx = (rows == r).nonzero().flatten()
-            z_neg[idx] = torch.logsumexp(logit_scale * (feats.index_select(0, idx) @ bank.negatives.T), 1)
-    return z_neg
+    """(B,) per sample, logsumexp of the scaled cosines to its own domain's negative labels (-inf without):
+    one batched product over the padded negative bank, however many domains the batch mixes."""
+    neg = banks.negatives.index_select(0, rows)  # (B, Mmax, E)
+    z = logit_scale * torch.einsum("be,bme->bm", feats.to(neg.dtype), neg)
+    return z.masked_fill(~_valid(banks.negative_counts.index_select(0, rows), z.shape[1]), NEG_INF).logsumexp(1)
 
 
 # ------------------------------------------------------------------------------------------ rule

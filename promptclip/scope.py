@@ -80,11 +80,12 @@ def combine_z(z: Tensor, how: str, present: Tensor | None = None) -> Tensor:
     return z.masked_fill(~present, math.inf).min(1).values
 
 
-def neg_d2(diff: Tensor, proj: Tensor, inv_sd: Tensor) -> Tensor:
-    """(N,) -d^2 / D from centred features (N, D), their projections (N, r) and inv_sd ((r + 1,) or (N, r + 1))."""
+def neg_d2(diff: Tensor, proj: Tensor, inv_sd: Tensor, dims: Tensor | None = None) -> Tensor:
+    """(..., N) -d^2 / D from centred features (..., N, D), their projections (..., N, r) and inv_sd
+    ((r + 1,) or (..., N, r + 1)); `dims` the true D where the features are zero-padded (default: D)."""
     resid = (diff.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp_min(0)  # energy outside the principal subspace
     d2 = (proj * inv_sd[..., :-1]).pow(2).sum(-1) + resid * inv_sd[..., -1] ** 2
-    return -d2 / diff.shape[-1]
+    return -d2 / (diff.shape[-1] if dims is None else dims)
 
 
 def signal_input(source: str, feats: Tensor, taps: Tensor | None) -> Tensor:
@@ -171,18 +172,22 @@ def scope_tensor_names(meta: Mapping[str, Any] | None) -> Sequence[str]:
 
 @dataclass(frozen=True)
 class ScopeBank:
-    """Every served domain's scope model, stacked per source, so a mixed batch is scored in a few ops.
+    """Every served domain's scope model, stacked over sources and domains, so that a mixed batch is
+    scored in one fixed set of batched ops, however many signals and domains there are.
 
-    Per source s: the domains' means (T, D), their bases side by side (D, T * r) so one product
-    projects a batch onto every domain's subspace, inv_sd (T, r + 1) and the standardisation (T,).
-    Ranks are padded with zero directions (they add nothing). A domain without source s, or
-    without a scope model, has `has[t, s]` False; a domain without one scores +inf.
+    Sources are padded to the widest input Dmax (zeros add nothing to a distance; each source keeps
+    its own D for the -d^2 / D scale). Per source s and domain t: the mean (S, T, Dmax), the bases
+    side by side (S, Dmax, T * r) so one batched product projects a batch onto every domain's
+    subspace, inv_sd (S, T, r + 1). Ranks are padded with zero directions. A domain without source
+    s, or without a scope model, has `has[t, s]` False; a domain without one scores +inf.
     """
 
     sources: tuple[str, ...]
-    means: tuple[Tensor, ...]  # per source (T, D)
-    bases: tuple[Tensor, ...]  # per source (D, T * r)
-    inv_sd: tuple[Tensor, ...]  # per source (T, r + 1)
+    layers: Tensor  # (S,) long: the layer tap each source reads (0 for `final`, which reads the embedding)
+    dims: Tensor  # (S,) each source's own input width D
+    means: Tensor  # (S, T, Dmax)
+    bases: Tensor  # (S, Dmax, T * r)
+    inv_sd: Tensor  # (S, T, r + 1)
     center: Tensor  # (T, S)
     spread: Tensor  # (T, S)
     has: Tensor  # (T, S) bool
@@ -193,27 +198,42 @@ class ScopeBank:
     def stack(cls, models: Sequence[ScopeModel | None], device) -> ScopeBank:
         sources = tuple(sorted({s.source for m in models if m is not None for s in m.signals}, key=source_index))
         T, S = len(models), len(sources)
+        signals = [[next((s for s in m.signals if s.source == src), None) if m is not None else None
+                    for m in models] for src in sources]
+        present = [s for sig in signals for s in sig if s is not None]
+        dmax = max([s.means.shape[1] for s in present] + [1])
+        r = max([s.basis.shape[1] for s in present] + [1])
+        means, basis, inv = torch.zeros(S, T, dmax), torch.zeros(S, T, dmax, r), torch.zeros(S, T, r + 1)
         center, spread = torch.zeros(T, S), torch.ones(T, S)
         has = torch.zeros(T, S, dtype=torch.bool)
-        means, bases, invs = [], [], []
-        for j, src in enumerate(sources):
-            sig = [next((s for s in m.signals if s.source == src), None) if m is not None else None for m in models]
-            dim = next(s.means.shape[1] for s in sig if s is not None)
-            r = max(s.basis.shape[1] for s in sig if s is not None)
-            mu, basis, inv = torch.zeros(T, dim), torch.zeros(T, dim, r), torch.zeros(T, r + 1)
+        dims = torch.ones(S)
+        for j, sig in enumerate(signals):
             for t, s in enumerate(sig):
                 if s is None:
                     continue
-                k = s.basis.shape[1]
-                mu[t], basis[t, :, :k] = s.means[0].float().cpu(), s.basis.float().cpu()
-                inv[t, :k], inv[t, -1] = s.inv_sd[:k].float().cpu(), s.inv_sd[-1].float().cpu()
+                d, k = s.basis.shape
+                dims[j] = d
+                means[j, t, :d], basis[j, t, :d, :k] = s.means[0].float().cpu(), s.basis.float().cpu()
+                inv[j, t, :k], inv[j, t, -1] = s.inv_sd[:k].float().cpu(), s.inv_sd[-1].float().cpu()
                 center[t, j], spread[t, j], has[t, j] = s.center, s.spread, True
-            means.append(mu.to(device))
-            bases.append(basis.permute(1, 0, 2).reshape(dim, T * r).contiguous().to(device))
-            invs.append(inv.to(device))
-        return cls(sources, tuple(means), tuple(bases), tuple(invs), center.to(device), spread.to(device),
-                   has.to(device), torch.tensor([m is not None and m.combine == "min" for m in models], device=device),
+        layers = torch.tensor([max(source_index(src) - 1, 0) for src in sources], dtype=torch.long)
+        return cls(sources, layers.to(device), dims.to(device), means.to(device),
+                   basis.permute(0, 2, 1, 3).reshape(S, dmax, T * r).contiguous().to(device), inv.to(device),
+                   center.to(device), spread.to(device), has.to(device),
+                   torch.tensor([m is not None and m.combine == "min" for m in models], device=device),
                    torch.tensor([m is not None for m in models], device=device))
+
+    def inputs(self, feats: Tensor, taps: Tensor | None) -> Tensor:
+        """(S, B, Dmax) what each source reads: a layer's mean token from `taps`, or the embedding."""
+        dmax = self.means.shape[2]
+        final = torch.nn.functional.pad(feats.float(), (0, dmax - feats.shape[1]))
+        if all(s == FINAL for s in self.sources):
+            return final.unsqueeze(0).expand(len(self.sources), -1, -1)
+        for s in self.sources:
+            signal_input(s, feats, taps)  # a clear error when the taps are missing or too shallow
+        tapped = torch.nn.functional.pad(taps.float(), (0, dmax - taps.shape[2])).index_select(1, self.layers)
+        is_final = torch.tensor([s == FINAL for s in self.sources], device=feats.device)
+        return torch.where(is_final[None, :, None], final[:, None, :], tapped).transpose(0, 1)
 
     def score(self, feats: Tensor, taps: Tensor | None, rows: Tensor) -> Tensor:
         """(B,) each sample's scope score under its own domain (`rows` (B,) into the bank)."""
@@ -221,16 +241,11 @@ class ScopeBank:
         out = torch.full((B,), math.inf, device=feats.device)
         if not self.sources:
             return out
-        idx = torch.arange(B, device=feats.device)
-        z = []
-        for j, src in enumerate(self.sources):
-            x = signal_input(src, feats, taps).float()  # (B, D)
-            diff = x - self.means[j].index_select(0, rows)  # (B, D)
-            T, r = self.inv_sd[j].shape[0], self.inv_sd[j].shape[1] - 1
-            proj = (diff @ self.bases[j]).view(B, T, r)[idx, rows]  # (B, r): each row's own domain's subspace
-            raw = neg_d2(diff, proj, self.inv_sd[j].index_select(0, rows))
-            z.append((raw - self.center[rows, j]) / self.spread[rows, j])
+        S, T, r = self.inv_sd.shape[0], self.inv_sd.shape[1], self.inv_sd.shape[2] - 1
+        diff = self.inputs(feats, taps) - self.means.index_select(1, rows)  # (S, B, Dmax)
+        proj = torch.bmm(diff, self.bases).view(S, B, T, r)[:, torch.arange(B, device=feats.device), rows]  # (S, B, r)
+        raw = neg_d2(diff, proj, self.inv_sd.index_select(1, rows), self.dims[:, None])  # (S, B)
+        z = (raw.T - self.center.index_select(0, rows)) / self.spread.index_select(0, rows)  # (B, S)
         has = self.has.index_select(0, rows)
-        combined = torch.where(self.use_min.index_select(0, rows), combine_z(torch.stack(z, 1), "min", has),
-                               combine_z(torch.stack(z, 1), "mean", has))
+        combined = torch.where(self.use_min.index_select(0, rows), combine_z(z, "min", has), combine_z(z, "mean", has))
         return torch.where(self.scoped.index_select(0, rows), combined, out)
