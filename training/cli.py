@@ -427,7 +427,8 @@ def cmd_fit(ns) -> int:
     minutes = (time.time() - t0) / 60
     v = rep["variants"]
     summary = {"groups": groups, "minutes": round(minutes, 2),
-               "means": {k: round(r["mean"], 4) for k, r in v.items()},
+               "means": {k: round(r["mean"], 4) for k, r in {**v, **({"guarded": rep["guarded"]} if "guarded" in rep
+                                                                       else {})}.items()},
                "exported": {d: o["version"] for d, o in out.items()},
                "router": routed and {k: routed["metrics"].get(k) for k in ("accuracy", "group_accuracy", "n")}
                | {"version": routed["version"]}}
