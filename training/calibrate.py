@@ -25,7 +25,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.special import logit, ndtr
+from scipy.stats import binom, binomtest
+from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 from promptclip.decisions import NEG_INF, PROBABILITY_BASES, BatchScores
@@ -35,56 +39,47 @@ from .config import DecisionConfig
 NEVER_FLAG = 1.000001  # a threshold above every probability
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> dict:
-    """A rate with its 95% Wilson score interval."""
+Z = 1.96  # the interval's normal quantile, as the shipped manifests state their 95% intervals
+WILSON_LEVEL = 2.0 * float(ndtr(Z)) - 1.0  # the confidence level whose two-sided quantile is Z (0.9500042)
+
+
+def wilson(k: int, n: int) -> dict:
+    """A rate with its 95% Wilson score interval (`scipy.stats.binomtest(...).proportion_ci`, z = 1.96)."""
     if n == 0:
         return {"rate": None, "lo": None, "hi": None, "n": 0}
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return {"rate": round(p, 4), "lo": round(max(0.0, mid - half), 4), "hi": round(min(1.0, mid + half), 4), "n": n}
+    ci = binomtest(k, n).proportion_ci(confidence_level=WILSON_LEVEL, method="wilson")
+    return {"rate": round(k / n, 4), "lo": round(max(0.0, float(ci.low)), 4), "hi": round(min(1.0, float(ci.high)), 4),
+            "n": n}
 
 
-def fit_platt(z: Tensor, positive: Tensor, iters: int = 100) -> tuple[float, float]:
-    """Platt's sigmoid(a * z + b): Newton's method with backtracking on the prior-corrected targets.
-
-    z: (N,) scores; positive: (N,) bool. Targets (N+ + 1)/(N+ + 2) and 1/(N- + 2) keep the
-    fit finite when the classes separate, as they do for easy labels (Lin, Lin and Weng, 2007).
-    """
-    z = z.detach().double().clamp(min=-60.0)
+def platt_targets(positive: Tensor) -> Tensor:
+    """Platt's prior-corrected targets: (N+ + 1)/(N+ + 2) for positives, 1/(N- + 2) for the rest (float64)."""
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    t = torch.where(positive, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2)).double()
-    x = torch.stack([z, torch.ones_like(z)], 1)  # (N, 2)
+    return torch.where(positive, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2)).double()
 
-    def loss(w: Tensor) -> float:
-        f = x @ w
-        return float((torch.nn.functional.softplus(f) - t * f).sum())  # cross-entropy with soft targets
 
-    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    for _ in range(iters):
-        p = torch.sigmoid(x @ w)
-        grad = x.T @ (p - t)
-        hess = x.T @ (x * (p * (1 - p))[:, None]) + 1e-8 * torch.eye(2, dtype=torch.float64)
-        step = torch.linalg.solve(hess, grad)
-        f0, lr = loss(w), 1.0
-        while lr > 1e-10 and loss(w - lr * step) > f0 - 1e-4 * lr * float(grad @ step):
-            lr /= 2
-        w = w - lr * step
-        if float((lr * step).abs().max()) < 1e-10:
-            break
-    return float(w[0]), float(w[1])
+def fit_platt(z: Tensor, positive: Tensor) -> tuple[float, float]:
+    """Platt's sigmoid(a * z + b): an unpenalised logistic regression on the prior-corrected targets.
+
+    z: (N,) scores; positive: (N,) bool. The soft targets (`platt_targets`) keep the fit finite
+    when the classes separate, as they do for easy labels (Lin, Lin and Weng, 2007); scikit-learn
+    fits them as each image twice, positive with weight t and negative with weight 1 - t.
+    """
+    x = z.detach().double().clamp(min=-60.0).numpy()[:, None]
+    t = platt_targets(positive).numpy()
+    if len(x) == 0:
+        return 1.0, 0.0  # no calibration image: sigmoid(z) unchanged
+    if bool((x == x[0]).all()):  # one distinct score: no slope to fit, the prior-corrected base rate
+        return 0.0, float(logit(t.mean()))
+    fit = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=100).fit(
+        np.concatenate([x, x]), np.r_[np.ones(len(x)), np.zeros(len(x))], sample_weight=np.r_[t, 1 - t])
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
 def allowed_false_flags(n: int, target: float, confidence: float) -> int:
     """Largest k with P(Binomial(n, target) <= k) <= 1 - confidence; -1 when even k = 0 is too many."""
-    cdf, k = 0.0, -1
-    for j in range(n + 1):
-        cdf += math.comb(n, j) * target ** j * (1 - target) ** (n - j)
-        if cdf > 1 - confidence:
-            break
-        k = j
-    return k
+    cdf = binom.cdf(np.arange(n + 1), n, target)  # non-decreasing in k
+    return int((cdf <= 1 - confidence).sum()) - 1
 
 
 def conformal_lower_cut(scores: Tensor, alpha: float) -> float:

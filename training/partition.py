@@ -1,6 +1,10 @@
 """From a task similarity matrix to a partition (DESIGN §4), and how stable that partition is.
 
-Pure numpy, no model: every rule here is unit-tested on planted matrices.
+No model: every rule here is unit-tested on planted matrices. The standard numerics come from
+the libraries made for them: average linkage from SciPy (`scipy.cluster.hierarchy.linkage`), the
+Laplacian's eigenvectors from `scipy.linalg.eigh`, ranks from `scipy.stats.rankdata`, the
+silhouette and the adjusted Rand index from scikit-learn (training only: serving never imports
+them).
 
 * `similarity_from_gram`: cosine or dot product (claim 9's literal "product"), centred or not,
   from per-snapshot Gram matrices of the task gradients (G G^T), averaged over snapshots.
@@ -18,6 +22,11 @@ Pure numpy, no model: every rule here is unit-tested on planted matrices.
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
+from scipy.cluster.hierarchy import linkage
+from scipy.spatial.distance import squareform
+from scipy.stats import rankdata
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 MAX_EXHAUSTIVE = 10  # Bell(10) = 115,975 partitions; Bell(11) would be 678,570
 
@@ -66,12 +75,7 @@ def rank_transform(sim: np.ndarray) -> np.ndarray:
     n = len(sim)
     iu = np.triu_indices(n, 1)
     v = sim[iu]
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v))
-    ranks[order] = np.arange(len(v), dtype=np.float64)
-    for val in np.unique(v):  # ties share their mean rank
-        tie = v == val
-        ranks[tie] = ranks[tie].mean()
+    ranks = rankdata(v, method="average") - 1.0  # 0-based, ties share their mean rank
     out = np.eye(n)
     scaled = ranks / max(len(v) - 1, 1) * 2.0 - 1.0
     out[iu] = scaled
@@ -103,36 +107,25 @@ def tower_similarity(grams: dict[str, np.ndarray], tower: str, measure: str = "c
 
 
 def silhouette(dist: np.ndarray, labels: list[int]) -> float:
-    """Mean silhouette of a partition under a precomputed distance matrix (singletons score 0)."""
-    labels = np.asarray(labels)
-    scores = []
-    for i in range(len(labels)):
-        same = (labels == labels[i]) & (np.arange(len(labels)) != i)
-        if not same.any():
-            scores.append(0.0)
-            continue
-        a = dist[i, same].mean()
-        b = min(dist[i, labels == c].mean() for c in set(labels.tolist()) if c != labels[i])
-        scores.append((b - a) / max(a, b, 1e-12))
-    return float(np.mean(scores))
+    """Mean silhouette of a partition under a precomputed distance matrix (singletons score 0).
+
+    The diagonal is ignored and a negative distance (a `dot` similarity above 1) counts as 0:
+    scikit-learn's silhouette is defined on non-negative dissimilarities only.
+    """
+    d = np.clip(np.asarray(dist, dtype=np.float64), 0.0, None)
+    np.fill_diagonal(d, 0.0)
+    return float(silhouette_score(d, labels, metric="precomputed"))
 
 
 def _linkage_partitions(dist: np.ndarray) -> dict[int, list[list[int]]]:
-    """Average-linkage merges: k -> the partition into k clusters, for k = n..1."""
+    """Average-linkage merges (SciPy's UPGMA on the upper triangle): k -> the partition into k clusters, k = n..1."""
     n = len(dist)
-    clusters = [[i] for i in range(n)]
-    partitions = {n: [list(c) for c in clusters]}
-    while len(clusters) > 1:
-        best = None
-        for a in range(len(clusters)):
-            for b in range(a + 1, len(clusters)):
-                d = dist[np.ix_(clusters[a], clusters[b])].mean()
-                if best is None or d < best[0]:
-                    best = (d, a, b)
-        _, a, b = best
-        clusters[a] = clusters[a] + clusters[b]
-        del clusters[b]
-        partitions[len(clusters)] = [list(c) for c in clusters]
+    tree = linkage(squareform(np.asarray(dist, dtype=np.float64), checks=False), method="average")
+    members = {i: [i] for i in range(n)}
+    partitions = {n: [[i] for i in range(n)]}
+    for step, (a, b, _, _) in enumerate(tree):  # merge `step` makes cluster n + step of a and b
+        members[n + step] = members.pop(int(a)) + members.pop(int(b))
+        partitions[n - step - 1] = [list(c) for c in members.values()]
     return partitions
 
 
@@ -155,7 +148,7 @@ def laplacian_spectrum(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.fill_diagonal(a, 1.0)
     d = a.sum(1)
     lap = np.eye(len(a)) - a / np.sqrt(np.outer(d, d))
-    return np.linalg.eigh(lap)
+    return scipy.linalg.eigh(lap, driver="evd")  # LAPACK syevd, as numpy.linalg.eigh
 
 
 def eigengap_k(sim: np.ndarray) -> tuple[int, dict]:
@@ -305,18 +298,7 @@ def adjusted_rand(a: list[list[str]], b: list[list[str]]) -> float:
     la = {t: i for i, g in enumerate(a) for t in g}
     lb = {t: i for i, g in enumerate(b) for t in g}
     tasks = sorted(la)
-    table = np.zeros((len(a), len(b)))
-    for t in tasks:
-        table[la[t], lb[t]] += 1
-
-    def pairs(x):
-        return float((x * (x - 1) / 2).sum())
-
-    index, sa, sb = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
-    total = len(tasks) * (len(tasks) - 1) / 2
-    expected = sa * sb / total if total else 0.0
-    top = (sa + sb) / 2
-    return 1.0 if top == expected else float((index - expected) / (top - expected))
+    return float(adjusted_rand_score([la[t] for t in tasks], [lb[t] for t in tasks]))
 
 
 def agreement(reference: list[list[str]], draws: list[list[list[str]]]) -> dict:

@@ -1,10 +1,14 @@
-"""Decision plots and tables beside report.md: per domain, unsafe vs benign and in vs out of scope."""
+"""Decision plots and tables beside report.md: per domain, unsafe vs benign and in vs out of scope.
+
+Curves and areas are scikit-learn's (`roc_curve`, `precision_recall_curve`, `auc`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from .config import DecisionConfig
 
@@ -14,24 +18,21 @@ def _unsafe_score(d: dict) -> float:
     return max((lab["probability"] for lab in d["labels"] if lab["unsafe"]), default=0.0) if d["in_scope"] else 0.0
 
 
+def _scored(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (1: positive) and scores of the positives followed by the negatives, as scikit-learn takes them."""
+    return np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]
+
+
 def roc(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) over every cut, highest first."""
-    cuts = np.unique(np.concatenate([pos, neg]))[::-1]
-    fpr = np.array([0.0] + [(neg >= c).mean() for c in cuts])
-    tpr = np.array([0.0] + [(pos >= c).mean() for c in cuts])
+    """(false positive rate, true positive rate) over every cut, highest first, from (0, 0)."""
+    fpr, tpr, _ = roc_curve(*_scored(pos, neg), drop_intermediate=False)
     return fpr, tpr
 
 
 def pr(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(recall, precision) over every cut."""
-    cuts = np.unique(np.concatenate([pos, neg]))[::-1]
-    tp = np.array([(pos >= c).sum() for c in cuts], dtype=float)
-    fp = np.array([(neg >= c).sum() for c in cuts], dtype=float)
-    return tp / max(1, len(pos)), tp / np.maximum(1, tp + fp)
-
-
-def auc(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.trapezoid(y, x)) if hasattr(np, "trapezoid") else float(np.trapz(y, x))
+    """(recall, precision) over every cut, highest first (scikit-learn's curve without its (0, 1) end point)."""
+    precision, recall, _ = precision_recall_curve(*_scored(pos, neg), drop_intermediate=False)
+    return recall[::-1][1:], precision[::-1][1:]
 
 
 def decision_plots(curves: dict[str, dict], out_dir: Path) -> list[Path]:

@@ -21,7 +21,13 @@ MIN_ROWS = 8  # fewer in-domain images than this: no scope model (every image in
 
 
 def ledoit_wolf(x: Tensor) -> Tensor:
-    """(D, D) Ledoit-Wolf shrunk covariance of centred rows x (N, D), float64."""
+    """(D, D) Ledoit-Wolf shrunk covariance of centred rows x (N, D), float64.
+
+    Kept in torch on purpose: scikit-learn's `sklearn.covariance.ledoit_wolf(x, assume_centered=True)`
+    gives the same shrinkage and covariance to ~1e-15 (tests/training/test_numerics.py), but those
+    last-bit differences flip the sign of some eigenvectors, and so change the bytes of the stored
+    basis (the scores are unchanged: they use squared projections).
+    """
     n, p = x.shape
     cov = x.T @ x / n
     mu = cov.diagonal().mean()
