@@ -4,7 +4,7 @@ an image sent without a domain, then scored with its domain's bundle.
 Two passes over the listing, on the local engine:
 
 1. route: the image's pixels (the service's decode) -> bare CLIP features -> the store's router
-   (`promptclip.router.DomainRouter.route` over the store's domains, as `service/routing.py` calls
+   (`promptclip.router.DomainRouter.route` over the store's domains, as the service's engine calls
    it) -> OUT/_routes.parquet, one row per item: the domain and its confidence, or the error row;
 2. per routed domain, the local engine's loop over that domain's items -> OUT/<domain>/shard-*.parquet,
    the columns of a one-domain run plus `routed_confidence` and `routed_low_confidence`. As the
@@ -47,7 +47,8 @@ def _route(cfg: ScoreConfig, items: list[Item]) -> tuple[list[dict], str]:
     """One route row per item (domain and confidence, or the error) and the router's version."""
     import torch
 
-    from promptclip import PromptStore, load_clip
+    from promptclip import PromptedCLIP, PromptStore, load_clip
+    from promptclip.runner import ModelRunner
 
     spec = cfg.model_spec()
     if threads := cfg.torch_threads(spec.device):
@@ -62,7 +63,7 @@ def _route(cfg: ScoreConfig, items: list[Item]) -> tuple[list[dict], str]:
                          f"{cfg.store}`, or score with --domain D")
     device = torch.device(spec.device)
     router = router.to(device)
-    dtype = next(clip.model.parameters()).dtype
+    runner = ModelRunner(PromptedCLIP(clip.model))
     decoder = SimpleNamespace(cfg=cfg, clip=clip)  # what stream.pixels reads: the limits and the preprocess
     rows: list[dict] = []
     for start in range(0, len(items), cfg.batch_size):
@@ -82,8 +83,8 @@ def _route(cfg: ScoreConfig, items: list[Item]) -> tuple[list[dict], str]:
                 row["error"] = error_text(e.code, e.message)
         if not batch:
             continue
-        with torch.inference_mode():  # as service/routing.py: bare tower, normalised features
-            feats = clip.model.encode_image(torch.stack(batch).to(device, dtype), normalize=True).float()
+        with torch.inference_mode():  # as the service's engine: the runner's bare tower, normalised features
+            feats = runner.bare(torch.stack(batch))
             for row, r in zip(good, router.route(feats, served), strict=True):
                 row.update(domain=r.domain, routed_confidence=r.confidence, routed_low_confidence=r.low_confidence)
     log.info("routed %d images with router %s over %s", len(items), router.version, served)

@@ -1,9 +1,9 @@
 """CLIP + one domain's bundle, loaded once: encoded images -> decisions -> output rows.
 
 Both engines score through a `Scorer` (the local engine holds one; each Ray actor holds one),
-and every decision comes from `promptclip.decide_batch`, the rule the service uses: the image tower
-runs with the bundle's vision prompts, `promptclip.score_batch` scores the features against the
-bank `promptclip.bundle_bank` built, exactly as `service/engine.py` does for a request.
+and every decision comes from `promptclip.ModelRunner`, the path the service's engine runs: the
+image tower with the bundle's vision prompts, then the batched score and decision against the
+bank `promptclip.bundle_bank` built.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from promptclip import Banks, PromptedCLIP, PromptStore, bundle_bank, decide_batch, load_clip, score_batch
+from promptclip import Banks, PromptedCLIP, PromptStore, bundle_bank, load_clip
+from promptclip.runner import ModelRunner
 from promptclip.images import decode_rgb
 
 from .config import ScoreConfig
@@ -37,12 +38,12 @@ class Scorer:
         self.cfg = cfg
         self.clip = load_clip(spec)
         self.encoder = PromptedCLIP(self.clip.model)
+        self.runner = ModelRunner(self.encoder)
         self.device = torch.device(spec.device)
         bundle = PromptStore(cfg.store).load_current(cfg.domain, base=self.clip.info)
         bank, self.rule = bundle_bank(bundle, self.encoder, self.clip.tokenizer, self.device)
         self.banks = Banks.stack([bank], self.device)
         self.prompts = bundle.vision_prompts().to(self.device, self.encoder.dtype)  # (depth, n, Wv)
-        self.logit_scale = float(self.encoder.logit_scale)
         self.version, self.sha256 = bundle.version, bundle.manifest.sha256
         self.labels = [lab.name for lab in bundle.manifest.labels]
         self.schema = output_schema(self.labels)
@@ -55,16 +56,13 @@ class Scorer:
             raise data
         return self.clip.preprocess(decode_rgb(data, self.cfg.max_image_pixels))
 
-    @torch.inference_mode()
     def decide(self, pixels: Sequence[Tensor]) -> list[dict]:
-        """One decision per image of a batch (the service's `_forward`)."""
+        """One decision per image of a batch (the service engine's runner, one domain)."""
         images = torch.stack(list(pixels)).to(self.device)  # (B, 3, H, W)
         prompts = self.prompts.expand(len(pixels), *self.prompts.shape)  # (B, depth, n, Wv)
-        feats, taps = self.encoder.encode_image(images, prompts, taps=True)  # (B, E) normalised, (B, layers, Wv)
         rows = torch.zeros(len(pixels), dtype=torch.long, device=self.device)  # every image: this domain
-        scores = score_batch(feats, rows, self.banks, self.logit_scale, taps)
-        return decide_batch(scores, rows, self.banks, review_out_of_scope=self.cfg.review_out_of_scope).answers(
-            self.banks)
+        return self.runner.decide(images, prompts, rows, self.banks,
+                                  review_out_of_scope=self.cfg.review_out_of_scope).answers(self.banks)
 
     def table(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> pa.Table:
         """Output rows of `items` (listing order kept) as a table of `self.schema`."""

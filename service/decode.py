@@ -9,6 +9,8 @@ Runs in a thread pool (`ImageDecoder.decode`), never on the event loop.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,18 +63,23 @@ class ImageDecoder:
         except Exception:
             raise ApiError(400, "undecodable_image", "the image could not be preprocessed") from None
 
-    async def decode(self, data: bytes) -> Tensor:
+    async def decode(self, data: bytes, deadline: float | None = None) -> Tensor:
         """(3, H, W) preprocessed tensor; raises ApiError (also 503 when `max_pending` decodes are
-        already waiting, 504 after `timeout_s`)."""
+        already waiting, 504 after `timeout_s` or once `deadline` (perf_counter) has passed)."""
+        timeout = self.timeout_s
+        if deadline is not None:
+            timeout = min(timeout or math.inf, deadline - time.perf_counter())
+            if timeout <= 0:
+                raise ApiError(504, "timeout", f"no result within {self.timeout_s:g} s")
         if self.max_pending is not None and self.pending >= self.max_pending:
             raise ApiError(503, "queue_full", "the server is at capacity; retry after the Retry-After delay",
                            {"Retry-After": str(self.retry_after_s)})
         self.pending += 1
         try:
             job = asyncio.get_running_loop().run_in_executor(self.pool, self._decode, data)
-            return await asyncio.wait_for(job, self.timeout_s)  # a decode not started yet is cancelled
+            return await asyncio.wait_for(job, timeout)  # a decode not started yet is cancelled
         except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"the image was not decoded within {self.timeout_s:g} s") from None
+            raise ApiError(504, "timeout", f"the image was not decoded within {timeout:g} s") from None
         finally:
             self.pending -= 1
 

@@ -2,13 +2,16 @@
 
 Requests enter a bounded asyncio queue. One batcher task takes the first waiting request,
 gathers more until MAX_BATCH or MAX_WAIT_MS, and runs the batch in a single model thread
-under `torch.inference_mode`, so the event loop never blocks on the model. Each sample's
-prompts are gathered from the snapshot's prompt bank by row index: one forward pass for all
-domains that share a prompt shape (bundles with other token counts form a sub-batch).
+under `torch.inference_mode`, so the event loop never blocks on the model. Per micro-batch, in
+the model thread: one upload of the batch's pixels; for images sent without a domain, one bare
+forward pass and the snapshot's domain router (a job kind of the same queue); one prompted
+forward pass per prompt shape, each sample's prompts gathered from the snapshot's bank by row
+index; the batched score and decision (promptclip.ModelRunner); the answers, counted in the
+metrics once per batch.
 
-The one seam for a faster image tower (CUDA graphs, compiled buckets) is `EncodeFn`:
-`encode(images (B, 3, H, W) on device, prompts (B, depth, n, Wv)) -> (B, E) normalised`.
-`build_encode_fn` is the only place that picks it.
+The one seam for a faster image tower (CUDA graphs, compiled buckets) is the runner's
+`encode`: `encode(images (B, 3, H, W) on device, prompts (B, depth, n, Wv)) -> (B, E)
+normalised, (B, layers, Wv) taps`. `build_encode_fn` is the only place that picks it.
 """
 
 from __future__ import annotations
@@ -26,15 +29,13 @@ import torch
 from torch import Tensor
 
 from promptclip import PromptedCLIP
-from promptclip.decisions import decide_batch, score_batch
+from promptclip.runner import EncodeFn, ModelRunner
 
 from .errors import ApiError
 from .registry import DomainEntry, ShapeKey, Snapshot
+from .scoring import build_result, route_info
 
 log = logging.getLogger(__name__)
-
-
-EncodeFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # -> (B, E) normalised, (B, layers, Wv) layer taps
 
 
 def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch: int = 32) -> EncodeFn:
@@ -55,9 +56,9 @@ def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch
 @dataclass(eq=False)
 class Job:
     pixels: Tensor  # (3, H, W) preprocessed, CPU (or already on the GPU when decoded there)
-    entry: DomainEntry
+    entry: DomainEntry | None  # None: the snapshot's router picks the domain
     snapshot: Snapshot
-    future: asyncio.Future  # -> the sample's scores row (promptclip.decisions.BatchScores.row)
+    future: asyncio.Future  # -> the answer (service.scoring.build_result; latency_ms set by the caller)
 
 
 class QueueFull(ApiError):
@@ -72,18 +73,22 @@ class ShuttingDown(ApiError):
                          {"Retry-After": str(retry_after_s)})
 
 
+def _timeout(timeout_s: float) -> ApiError:
+    return ApiError(504, "timeout", f"no result within {timeout_s:g} s")
+
+
 class BatchingEngine:
     """Owns the queue, the batcher task and the model thread."""
 
     def __init__(self, prompted: PromptedCLIP, *, max_batch: int, max_wait_ms: float, max_queue: int,
                  timeout_s: float, retry_after_s: int = 1, metrics=None, encode: EncodeFn | None = None,
                  cuda_graphs: bool = False, arriving: Callable[[], int] | None = None,
-                 review_out_of_scope: bool = False, review_margin: float = 0.1):
+                 review_out_of_scope: bool = False, review_margin: float = 0.1, model_name: str = ""):
         self.prompted = prompted
         self.review_out_of_scope, self.review_margin = review_out_of_scope, review_margin
-        self.encode = encode or build_encode_fn(prompted, cuda_graphs, max_batch)
-        self.device = next(prompted.clip.parameters()).device
-        self.logit_scale = float(prompted.logit_scale)
+        self.runner = ModelRunner(prompted, encode or build_encode_fn(prompted, cuda_graphs, max_batch))
+        self.device = self.runner.device
+        self.model_name = model_name
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.max_queue, self.timeout_s, self.retry_after_s = max_queue, timeout_s, retry_after_s
         self.metrics = metrics
@@ -119,9 +124,13 @@ class BatchingEngine:
         return self.in_flight == 0
 
     # ------------------------------------------------------------------ requests
-    async def classify(self, pixels: Tensor, entry: DomainEntry, snapshot: Snapshot) -> dict:
-        """The image's decision under `entry`'s rule (`promptclip.Decisions.answers`, label order);
-        raises ApiError 503/504."""
+    async def classify(self, pixels: Tensor, entry: DomainEntry | None, snapshot: Snapshot,
+                       deadline: float | None = None) -> dict:
+        """The image's answer under `entry` (None: the domain the snapshot's router picks), latency_ms
+        left to the caller; raises ApiError 503, or 504 once `deadline` (perf_counter) has passed."""
+        timeout = self.timeout_s if deadline is None else deadline - time.perf_counter()
+        if timeout <= 0:
+            raise _timeout(self.timeout_s)
         fut = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(Job(pixels, entry, snapshot, fut))
@@ -129,9 +138,9 @@ class BatchingEngine:
             raise QueueFull(self.retry_after_s) from None
         self.in_flight += 1
         try:
-            return await asyncio.wait_for(fut, self.timeout_s)  # cancels fut on timeout: the batcher skips it
+            return await asyncio.wait_for(fut, timeout)  # cancels fut on timeout: the batcher skips it
         except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"no result within {self.timeout_s:g} s") from None
+            raise _timeout(self.timeout_s) from None
         finally:
             self.in_flight -= 1
 
@@ -181,6 +190,7 @@ class BatchingEngine:
                 continue
             if self.metrics is not None:
                 self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+                self.metrics.observe_answers(results)
             for j, r in zip(batch, results, strict=True):
                 if not j.future.done():
                     j.future.set_result(r)
@@ -206,26 +216,42 @@ class BatchingEngine:
         return out
 
     def _forward(self, batch: list[Job]) -> list[dict]:
-        """Runs in the model thread. Returns per job its decision (scores, probabilities, scope, flags)."""
-        groups: dict[tuple[int, ShapeKey], list[int]] = {}
-        for i, j in enumerate(batch):
-            groups.setdefault((id(j.snapshot), j.entry.shape), []).append(i)
-        out: list = [None] * len(batch)
+        """Runs in the model thread. Returns per job its answer (service.scoring.build_result)."""
         with torch.inference_mode():
+            images = self._upload([j.pixels for j in batch])  # (B, 3, H, W): one upload per batch
+            entries, routing = self._route(batch, images)
+            groups: dict[tuple[int, ShapeKey], list[int]] = {}
+            for i, (j, e) in enumerate(zip(batch, entries, strict=True)):
+                groups.setdefault((id(j.snapshot), e.shape), []).append(i)
+            out: list = [None] * len(batch)
             for (_, shape), idx in groups.items():
-                jobs = [batch[i] for i in idx]
-                snap = jobs[0].snapshot
-                vrows = torch.tensor([j.entry.vision_row for j in jobs], device=self.device)
-                trows = torch.tensor([j.entry.text_row for j in jobs], device=self.device)
-                images = self._upload([j.pixels for j in jobs])  # (B, 3, H, W)
-                prompts = snap.vision_banks[shape].index_select(0, vrows)  # (B, depth, n, Wv)
-                feats, taps = self.encode(images, prompts)  # (B, E) normalised, (B, layers, Wv)
-                scores = score_batch(feats, trows, snap.banks, self.logit_scale, taps)
-                rows = decide_batch(scores, trows, snap.banks, review_out_of_scope=self.review_out_of_scope,
-                                    review_margin=self.review_margin).answers(snap.banks)
+                snap = batch[idx[0]].snapshot
+                vrows = torch.tensor([entries[i].vision_row for i in idx], device=self.device)
+                trows = torch.tensor([entries[i].text_row for i in idx], device=self.device)
+                sel = images if len(idx) == len(batch) else images[torch.tensor(idx, device=self.device)]
+                prompts = snap.vision_banks[shape].index_select(0, vrows)  # (b, depth, n, Wv)
+                rows = self.runner.decide(sel, prompts, trows, snap.banks, review_out_of_scope=self.review_out_of_scope,
+                                          review_margin=self.review_margin).answers(snap.banks)
                 for k, i in enumerate(idx):
-                    out[i] = rows[k]
+                    out[i] = build_result(entries[i], rows[k], model=self.model_name, latency_ms=0.0,
+                                          routing=routing[i])
         return out
+
+    def _route(self, batch: list[Job], images: Tensor) -> tuple[list[DomainEntry], list[dict | None]]:
+        """Each job's entry, routing the jobs sent without a domain: one bare forward pass for all of them."""
+        entries, routing = [j.entry for j in batch], [None] * len(batch)
+        todo = [i for i, e in enumerate(entries) if e is None]
+        if not todo:
+            return entries, routing
+        feats = self.runner.bare(images[torch.tensor(todo, device=self.device)])  # (R, E)
+        by_snapshot: dict[int, list[int]] = {}
+        for k, i in enumerate(todo):
+            by_snapshot.setdefault(id(batch[i].snapshot), []).append(k)
+        for ks in by_snapshot.values():  # one router call per snapshot (almost always one)
+            snap = batch[todo[ks[0]]].snapshot
+            for k, r in zip(ks, snap.router.route(feats[ks], list(snap.domains)), strict=True):
+                entries[todo[k]], routing[todo[k]] = snap.domains[r.domain], route_info(r, snap.router.version)
+        return entries, routing
 
     async def warmup(self, snapshot: Snapshot, image_size: int) -> None:
         """One forward per prompt shape and batch size, through the same path as requests.
@@ -233,7 +259,7 @@ class BatchingEngine:
         With a bucketed runner every bucket is captured now, not on the first unlucky request.
         """
         loop = asyncio.get_running_loop()
-        sizes = tuple(getattr(self.encode, "buckets", (1, 2)))
+        sizes = tuple(getattr(self.runner.encode, "buckets", (1, 2)))
         for entry in {e.shape: e for e in snapshot.domains.values()}.values():
             for b in sizes:
                 jobs = [Job(torch.zeros(3, image_size, image_size), entry, snapshot, loop.create_future())

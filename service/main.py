@@ -25,7 +25,6 @@ from .metrics import MetricsMiddleware, ServiceMetrics
 from .pipeline import LocalBackend
 from .registry import BundleRegistry
 from .routers import admin, classify, domains, health, metrics, moderations, review
-from .routing import DomainRouting
 from .settings import Settings, get_settings
 from .state import ServiceState
 
@@ -96,9 +95,9 @@ async def _startup(st: ServiceState) -> None:
     engine = BatchingEngine(st.prompted, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                             timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
                             cuda_graphs=s.cuda_graphs, arriving=lambda: st.decoder.pending,
-                            review_out_of_scope=s.review_out_of_scope, review_margin=s.review_margin)
+                            review_out_of_scope=s.review_out_of_scope, review_margin=s.review_margin,
+                            model_name=st.model_name)
     engine.start()
-    st.routing = DomainRouting(st.clip.model, engine.model_thread, s.max_batch, s.request_timeout_s)
     if s.warmup:
         buf = io.BytesIO()
         Image.new("RGB", (64, 48), (120, 80, 40)).save(buf, "JPEG")

@@ -47,6 +47,25 @@ class ServiceMetrics:
         self.review_pending = Gauge("moderation_review_pending", "Review items without a verdict (all domains)",
                                     registry=r, multiprocess_mode="livemax")
 
+    def observe_answers(self, answers: list[dict]) -> None:
+        """Images and decisions of one micro-batch, counted once per (domain, decision) it holds."""
+        counts: dict[tuple[str, str], int] = {}
+        for a in answers:
+            routing = a.get("routing")
+            seen = ("images", a["flagged"] and "flagged", a["needs_review"] and "needs_review",
+                    a["out_of_scope"] and "out_of_scope", routing is not None and "routed",
+                    bool(routing and routing["low_confidence"]) and "routed_low_confidence")
+            for name in seen:
+                if name:
+                    counts[a["domain"], name] = counts.get((a["domain"], name), 0) + 1
+        for (domain, name), n in counts.items():
+            if name == "images":
+                self.images.labels(domain).inc(n)
+                continue
+            if name == "flagged":
+                self.flagged.labels(domain).inc(n)
+            self.decisions.labels(domain, name).inc(n)
+
     def observe_batch(self, size: int, depth: int) -> None:
         self.batch_size.observe(size)
         self.queue_depth.observe(depth)

@@ -1,13 +1,15 @@
-"""Images through the service: decode, route those sent without a domain, classify, build the answers.
+"""Images through the service: decode, classify (routing those sent without a domain), answer.
 
 /classify, /classify/batch and /v1/moderations all call `classify_items`, so they answer alike:
-an item is decoded (its domain checked first), items without a domain are routed together, and
-every item is queued in one step so that they land in the same micro-batch.
+an item's domain is checked, its bytes decoded, and it joins the engine's queue; the engine
+routes the images sent without a domain inside the same micro-batch (service.engine) and
+builds the answers.
 
-Each answer is also considered for the review queue (DESIGN §13) where it is built (`_answer`):
-out of scope (when MODERATION_REVIEW_OUT_OF_SCOPE is on), needs_review, or a random audit share
-of the others. The answer gets its `review_id` here; the write itself is handed to the review
-writer's bounded queue (review.ReviewWriter) and never waits for or fails on the store.
+Each answer is also considered for the review queue (DESIGN §13) when it comes back
+(`_to_review`): out of scope (when MODERATION_REVIEW_OUT_OF_SCOPE is on), needs_review, or a
+random audit share of the others. The answer gets its `review_id` here; the write itself is
+handed to the review writer's bounded queue (review.ReviewWriter) and never waits for or fails
+on the store.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ from typing import Any
 from review import NewItem
 
 from .errors import ApiError
-from .items import Item, lookup, sniff_content_type
+from .items import Item, lookup, no_router, sniff_content_type
 from .openai_schemas import moderation_result
 from .registry import DomainEntry, Snapshot
-from .routing import route_info
-from .scoring import build_result
 from .state import ServiceState
 
 
@@ -55,65 +55,50 @@ RENDERERS = {"moderation": _moderation}  # answers rendered where the bundles ar
 
 
 async def classify_items(state: ServiceState, snapshot: Snapshot, items: list[Item], t0: float) -> list[Any]:
-    """Per item, the /classify answer (a dict) or the ApiError it failed with alone."""
+    """Per item, the /classify answer (a dict) or the ApiError it failed with alone.
 
-    async def decode(it: Item):
+    Every item is decoded first, then all are queued in one step, so that a request's images land in
+    the same micro-batch. One deadline, `t0` + MODERATION_REQUEST_TIMEOUT_S, covers the decode, the
+    queue and the model."""
+    deadline = t0 + state.settings.request_timeout_s
+
+    async def decode(it: Item) -> Any:
         if it.error is not None:
             return it.error
         try:
             entry = None if it.domain is None else lookup(snapshot, it.domain)
-            return entry, await state.decoder.decode(it.data)
+            if entry is None and not snapshot.routable:
+                raise no_router(snapshot)
+            return entry, await state.decoder.decode(it.data, deadline)
         except ApiError as e:
             return e
 
-    decoded: list[Any] = list(await asyncio.gather(*(decode(it) for it in items)))
-    routing: dict[int, dict] = {}
-    todo = [i for i, d in enumerate(decoded) if not isinstance(d, ApiError) and d[0] is None]
-    if todo:
+    async def classify(it: Item, decoded: Any) -> Any:
+        if isinstance(decoded, ApiError):
+            return decoded
         try:
-            routes = await state.routing.route([decoded[i][1] for i in todo], snapshot)
-        except ApiError as e:
-            for i in todo:
-                decoded[i] = e
-        else:
-            for i, r in zip(todo, routes, strict=True):
-                decoded[i] = (snapshot.domains[r.domain], decoded[i][1])
-                routing[i] = route_info(r, snapshot.router.version)
-
-    async def infer(i: int, d: Any):
-        if isinstance(d, ApiError):
-            return d
-        try:
-            return await _answer(state, snapshot, d[0], d[1], routing.get(i), t0, items[i])
+            result = await state.engine.classify(decoded[1], decoded[0], snapshot, deadline)  # routed in the batch
         except ApiError as e:
             return e
+        result["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
+        _to_review(state, result, it, snapshot.domains[result["domain"]])
+        return result
 
-    return list(await asyncio.gather(*(infer(i, d) for i, d in enumerate(decoded))))
+    decoded = await asyncio.gather(*(decode(it) for it in items))
+    return list(await asyncio.gather(*(classify(it, d) for it, d in zip(items, decoded, strict=True))))
 
 
-async def _answer(state: ServiceState, snapshot: Snapshot, entry: DomainEntry, pixels, routing: dict | None,
-                  t0: float, item: Item) -> dict:
+def _to_review(state: ServiceState, result: dict, item: Item, entry: DomainEntry) -> None:
+    """Hand the answer to the review writer when it goes to review (it gets its `review_id` here)."""
+    if state.review_writer is None:
+        return
     s = state.settings
-    row = await state.engine.classify(pixels, entry, snapshot)
-    result = build_result(entry, row, model=state.model_name, latency_ms=(time.perf_counter() - t0) * 1000.0,
-                          routing=routing)
-    m = state.metrics
-    m.images.labels(entry.domain).inc()
-    if result["flagged"]:
-        m.flagged.labels(entry.domain).inc()
-    seen = {"flagged": result["flagged"], "needs_review": result["needs_review"],
-            "out_of_scope": result["out_of_scope"], "routed": routing is not None,
-            "routed_low_confidence": bool(routing and routing["low_confidence"])}
-    for name in (k for k, v in seen.items() if v):
-        m.decisions.labels(entry.domain, name).inc()
-    if state.review_writer is not None:
-        reason = review_reason(result, s.review_out_of_scope, s.review_audit_rate)
-        if reason is not None:
-            result["review_id"] = rid = str(uuid.uuid4())
-            state.review_writer.submit(NewItem(
-                id=rid, image=item.data, content_type=item.content_type or sniff_content_type(item.data),
-                domain=entry.domain, version=entry.version, reason=reason, answer=result, created_at=time.time()))
-    return result
+    reason = review_reason(result, s.review_out_of_scope, s.review_audit_rate)
+    if reason is not None:
+        result["review_id"] = rid = str(uuid.uuid4())
+        state.review_writer.submit(NewItem(
+            id=rid, image=item.data, content_type=item.content_type or sniff_content_type(item.data),
+            domain=entry.domain, version=entry.version, reason=reason, answer=result, created_at=time.time()))
 
 
 def review_reason(answer: dict, review_out_of_scope: bool, audit_rate: float) -> str | None:

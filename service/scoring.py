@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from .registry import DomainEntry
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from promptclip.router import Route
+
+    from .registry import DomainEntry
 
 
 def build_result(entry: DomainEntry, d: dict, *, model: str, latency_ms: float, routing: dict | None = None) -> dict:
     """`d` is the image's decision (bundle label order); the answer lists labels highest score first.
 
-    `routing` (service.routing.route_info) is set when the router chose the domain. A routed image
+    `routing` (`route_info`) is set when the router chose the domain. A routed image
     whose router confidence is below the router's min_confidence and that is not flagged goes to
     review: the domain it was scored in may be the wrong one.
     """
@@ -27,3 +32,10 @@ def build_result(entry: DomainEntry, d: dict, *, model: str, latency_ms: float, 
         "rule": "legacy" if entry.rule.legacy else "calibrated",
         "latency_ms": round(latency_ms, 3),
     } | ({"routing": routing} if routing is not None else {})
+
+
+def route_info(route: Route, router_version: str) -> dict:
+    """The `routing` object of a routed answer."""
+    return {"domain": route.domain, "confidence": round(route.confidence, 6), "low_confidence": route.low_confidence,
+            "candidates": [{"domain": d, "probability": round(p, 6)} for d, p in route.candidates],
+            "router": router_version}

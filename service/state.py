@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .engine import BatchingEngine
     from .items import Item
     from .registry import BundleRegistry
-    from .routing import DomainRouting
 
 
 class Backend(Protocol):
@@ -47,7 +46,6 @@ class ServiceState:
     registry: BundleRegistry | None = None
     engine: BatchingEngine | None = None
     decoder: ImageDecoder | None = None
-    routing: DomainRouting | None = None  # images sent without a domain
     review_store: ReviewStore | None = None  # MODERATION_REVIEW_DB; None when 'off'
     review_writer: ReviewWriter | None = None  # answers for review leave the request path here
     backend: Backend | None = None  # set once the engine can take requests

@@ -20,7 +20,9 @@ from torch import Tensor
 
 from promptclip import Bundle, Label, label_tokens
 from promptclip.bundle import stored_form
-from promptclip.decisions import Banks, DecisionRule, DomainBank, decide_batch, score_batch
+from promptclip.decisions import Banks, DecisionRule, DomainBank, score_batch
+from promptclip.runner import ModelRunner
+from promptclip.runner import decide_features as runner_decide
 from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 
 from .calibrate import FittedRule, fit_rule, wilson
@@ -40,16 +42,16 @@ def image_features(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 2
 @torch.no_grad()
 def image_features_and_taps(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """Normalised embeddings (N, E) and layer means (N, layers, Wv) of preprocessed `images` under task
-    `ti`'s vision prompts: what the service computes per request."""
-    device = model.encoder.logit_scale.device
+    `ti`'s vision prompts: what the service's engine computes per request (promptclip.ModelRunner)."""
+    runner = ModelRunner(model.encoder)
     vp = model.prompts.vision(model.tasks[ti])  # (depth, n, Wv)
     feats, taps = [], []
     for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].to(device)
-        f, t = model.encoder.encode_image(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1), taps=True)
+        x = images[i:i + chunk].to(runner.device)
+        f, t = runner.features(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1))
         feats.append(f.float().cpu())
         taps.append(t.float().cpu())
-    return torch.cat(feats), torch.cat(taps)
+    return torch.cat(feats), torch.cat(taps)  # new tensors: usable outside inference mode
 
 
 @torch.no_grad()
@@ -79,10 +81,9 @@ class DomainDecision:
 
 
 def decide_features(feats: Tensor, taps: Tensor, bank: DomainBank, scale: float) -> list[dict]:
-    """The service's decisions for one domain's images (`promptclip.decide_batch`), as answer dicts."""
+    """The service's decisions for one domain's images (promptclip.runner.decide_features), as answer dicts."""
     banks = Banks.stack([bank], device=torch.device("cpu"))
-    rows = torch.zeros(len(feats), dtype=torch.long)
-    return decide_batch(score_batch(feats, rows, banks, scale, taps), rows, banks).answers(banks)
+    return runner_decide(feats, taps, torch.zeros(len(feats), dtype=torch.long), banks, scale).answers(banks)
 
 
 def scope_sources(cfg: DecisionConfig, layers: int) -> list[str]:

@@ -95,18 +95,18 @@ def test_mixed_domain_batch_equals_single_requests(client):
              ("comic", "gif", 4), ("sketch", "jpeg", 5)]
     calls = []
     engine = client.app.state.service.engine
-    inner = engine.encode
+    inner = engine.runner.encode
 
     def counting(images, prompts):
         calls.append((images.shape[0], tuple(prompts.shape[1:3])))
         return inner(images, prompts)
 
-    engine.encode = counting
+    engine.runner.encode = counting
     try:
         batch = client.post("/classify/batch", json={"items": [{"image": b64(k, s), "domain": d}
                                                                for d, k, s in items]}).json()
     finally:
-        engine.encode = inner
+        engine.runner.encode = inner
     # one forward per prompt shape: photo + sketch share (2+2 tokens), comic (1+4) is its own sub-batch
     assert sorted(calls) == sorted([(4, (2, 4)), (2, (2, 5))]), calls
     for (d, k, s), res in zip(items, batch["results"], strict=True):
@@ -180,16 +180,16 @@ def test_queue_full_gives_503_with_retry_after_and_timeout_gives_504(tiny_model,
 
 def test_failing_batch_reaches_every_request_and_server_keeps_serving(client):
     engine = client.app.state.service.engine
-    inner = engine.encode
+    inner = engine.runner.encode
 
     def broken(images, prompts):
         raise RuntimeError("boom")
 
-    engine.encode = broken
+    engine.runner.encode = broken
     try:
         r = client.post("/classify/batch", json={"items": [{"image": b64(), "domain": "photo"}] * 3})
     finally:
-        engine.encode = inner
+        engine.runner.encode = inner
     assert [x["status"] for x in r.json()["results"]] == [500] * 3
     assert all(x["error"]["code"] == "inference_failed" for x in r.json()["results"])
     assert "boom" not in r.text and "Traceback" not in r.text
@@ -220,10 +220,10 @@ def test_a_lone_request_does_not_wait_for_company(tiny_model, tiny_store):
         # concurrent images still share a forward pass
         items = [{"image": b64(seed=i), "domain": "photo"} for i in range(6)]
         engine = c.app.state.service.engine
-        sizes, inner = [], engine.encode
-        engine.encode = lambda x, p: (sizes.append(x.shape[0]), inner(x, p))[1]
+        sizes, inner = [], engine.runner.encode
+        engine.runner.encode = lambda x, p: (sizes.append(x.shape[0]), inner(x, p))[1]
         try:
             assert c.post("/classify/batch", json={"items": items}).status_code == 200
         finally:
-            engine.encode = inner
+            engine.runner.encode = inner
         assert sizes == [6]
