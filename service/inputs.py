@@ -21,16 +21,20 @@ from starlette.datastructures import FormData, UploadFile
 from .errors import ApiError, validation_error
 from .items import lookup  # noqa: F401  (re-exported for the admin routes)
 
-MULTIPART, JSON = "multipart/form-data", "application/json"
+MULTIPART, JSON, IMAGE = "multipart/form-data", "application/json", "image/*"
 _OVERHEAD = 64 * 1024  # multipart boundaries and headers, JSON keys and domains
 
 
-def content_kind(request: Request) -> str:
+def content_kind(request: Request, raw_image: bool = False) -> str:
+    """MULTIPART, JSON or (with `raw_image`) IMAGE for an `image/*` body; else 415."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in (MULTIPART, JSON):
         return ctype
-    raise ApiError(415, "unsupported_media_type",
-                   f"content type {ctype or 'none'!r} is not accepted; send multipart/form-data or application/json")
+    if raw_image and ctype.startswith("image/"):
+        return IMAGE
+    accepted = "multipart/form-data, application/json or an image/* body" if raw_image else \
+        "multipart/form-data or application/json"
+    raise ApiError(415, "unsupported_media_type", f"content type {ctype or 'none'!r} is not accepted; send {accepted}")
 
 
 def require_json(request: Request) -> None:

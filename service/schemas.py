@@ -322,6 +322,10 @@ CLASSIFY_BODY = body_doc(ClassifyRequest, {
     "type": "object", "required": ["image"],
     "properties": {"image": {"type": "string", "format": "binary", "description": "the image file"},
                    "domain": {"type": "string", "minLength": 1, "description": _DOMAIN_DOC, "example": "photo"}}})
+CLASSIFY_BODY["requestBody"]["content"]["image/*"] = {
+    "schema": {"type": "string", "format": "binary", "description": "the image itself (domain: ?domain=)"}}
+CLASSIFY_BODY["parameters"] = [{"name": "domain", "in": "query", "required": False, "schema": {
+    "type": "string", "minLength": 1}, "description": "the domain, instead of (or agreeing with) the body's"}]
 BATCH_BODY = body_doc(BatchRequest, {
     "type": "object", "required": ["images"],
     "properties": {"images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},

@@ -7,11 +7,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from ..errors import ApiError, validation_error
 from ..inputs import (
+    IMAGE,
     MULTIPART,
     body_limit,
     content_kind,
@@ -23,6 +24,7 @@ from ..inputs import (
     read_upload,
 )
 from ..items import Item, requested_domain
+from ..responses import json_response
 from ..schemas import (
     BATCH_BODY,
     CLASSIFY_BODY,
@@ -60,15 +62,23 @@ def _no_query_domain(request: Request) -> None:
 @router.post("/classify/", include_in_schema=False)  # the trailing slash: the same route, no redirect
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=CLASSIFY_BODY,
              summary="Classify one image in its domain (or the domain the router picks)")
-async def classify(request: Request, state: StateDep) -> JSONResponse:
-    """Multipart `image` (file) + `domain` (field), or JSON `{"image": <base64>, "domain": ...}`; the domain
-    may also come as `?domain=` (422 if it contradicts the body's). Without a domain (or with `auto`) the
+async def classify(request: Request, state: StateDep) -> Response:
+    """Multipart `image` (file) + `domain` (field), JSON `{"image": <base64>, "domain": ...}`, or the image
+    itself as an `image/*` body with `?domain=`; the domain may always come as `?domain=` (422 if it
+    contradicts the body's). Without a domain (or with `auto`) the
     store's domain router picks it, and `routing` says which, with what confidence."""
     t0 = time.perf_counter()
     snapshot = state.backend.view()  # this request finishes on the bundles loaded now
     s = state.settings
     limit = body_limit(s.max_image_bytes, 1)
-    if content_kind(request) == MULTIPART:
+    kind = content_kind(request, raw_image=True)
+    if kind == IMAGE:  # the bytes are the image; the domain comes as ?domain=
+        domain = requested_domain(_query_domain(request, None))
+        data = await read_body(request, s.max_image_bytes, s.body_timeout_s)
+        ctype = request.headers["content-type"].split(";")[0].strip().lower()
+        (result,) = await state.backend.classify(snapshot, [Item(data, domain, content_type=ctype)], t0)
+        return _answer(result)
+    if kind == MULTIPART:
         form = await read_form(request, limit, max_files=1, timeout_s=s.body_timeout_s)
         try:
             images = form.getlist("image")
@@ -92,9 +102,13 @@ async def classify(request: Request, state: StateDep) -> JSONResponse:
             lookup(snapshot, domain)  # 404 before decoding base64
         data = decode_base64(req.image, s.max_image_bytes)
     (result,) = await state.backend.classify(snapshot, [Item(data, domain)], t0)
+    return _answer(result)
+
+
+def _answer(result: Any) -> Response:
     if isinstance(result, ApiError):
         raise result
-    return JSONResponse(result)
+    return json_response(result)
 
 
 def _pydantic_message(e: ValidationError) -> str:
@@ -136,7 +150,7 @@ async def _read_batch_form(form, items: list[Item], n_max: int, max_bytes: int, 
 @router.post("/classify/batch/", include_in_schema=False)
 @router.post("/classify/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY,
              summary="Classify many images, mixed (or routed) domains, per-item results")
-async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
+async def classify_batch(request: Request, state: StateDep) -> Response:
     """Multipart `images` (files) + `domains` (one per image, or one for all; none: all routed), or JSON
     `{"items": [{"image": <base64>, "domain": ...}, ...]}` (an item without a domain is routed). A bad
     item fails alone (its `status` and `error`); the others are classified in the same micro-batches."""
@@ -163,7 +177,7 @@ async def classify_batch(request: Request, state: StateDep) -> JSONResponse:
     for r in results:
         if r["error"] is not None:
             state.metrics.errors.labels("/classify/batch#item", str(r["status"]), r["error"]["code"]).inc()
-    return JSONResponse({"results": results, "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3)})
+    return json_response({"results": results, "latency_ms": round((time.perf_counter() - t0) * 1000.0, 3)})
 
 
 def _read_batch_json(raw: Any, items: list[Item], n_max: int, max_bytes: int) -> None:

@@ -16,67 +16,21 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi.responses import Response
 
-from ..errors import ApiError, validation_error
+from ..errors import ApiError, ParamError
 from ..inputs import JSON, body_limit, content_kind, decode_base64, parse_json, read_body
-from ..openai_schemas import MODERATION_BODY, MODERATION_ERRORS, ModerationResponse
 from ..items import AUTO, Item, no_router
+from ..openai_schemas import MODERATION_BODY, MODERATION_ERRORS, ModerationResponse
+from ..responses import json_response
 from ..state import StateDep
 
 log = logging.getLogger(__name__)
 
-_TYPES = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-          429: "rate_limit_error"}
-
-
-class ParamError(ApiError):
-    """An ApiError that names the request parameter at fault (OpenAI's `param`)."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(status, code, message, headers)
-        self.param = param
-
-
-def openai_error(err: ApiError, request: Request) -> JSONResponse:
-    request.state.error_code = err.code  # read by the metrics middleware
-    kind = _TYPES.get(err.status, "server_error" if err.status >= 500 else "invalid_request_error")
-    body = {"error": {"message": err.message, "type": kind, "param": getattr(err, "param", None), "code": err.code}}
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
-
-
-class OpenAIErrorRoute(APIRoute):
-    """A route whose errors, from its dependencies too, leave in OpenAI's error shape."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def wrapped(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as e:
-                return openai_error(e, request)
-            except RequestValidationError:
-                return openai_error(validation_error("invalid request"), request)
-            except StarletteHTTPException as e:
-                return openai_error(ApiError(e.status_code, "http_error", str(e.detail)), request)
-            except Exception:
-                log.exception("unhandled error on %s", request.url.path)
-                return openai_error(ApiError(500, "internal_error", "internal server error; see the server log"),
-                                    request)
-
-        return wrapped
-
-
-router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIErrorRoute)
+router = APIRouter(prefix="/v1", tags=["openai"])  # errors in OpenAI's shape: service.errors.render_error
 
 
 def _model_entry(snapshot: Any, model: Any) -> str | None:
@@ -120,7 +74,7 @@ def _image_data(part: Any, i: int, max_bytes: int) -> bytes:
 @router.post("/moderations/", include_in_schema=False)  # the trailing slash: the same route, no redirect
 @router.post("/moderations", response_model=ModerationResponse, responses=MODERATION_ERRORS,
              openapi_extra=MODERATION_BODY, summary="OpenAI-compatible moderation of images")
-async def moderations(request: Request, state: StateDep) -> JSONResponse:
+async def moderations(request: Request, state: StateDep) -> Response:
     """`{"model": <domain> | "auto", "input": [{"type": "image_url", "image_url": {"url": "data:..."}}]}`;
     one result per image part, in order. Errors use OpenAI's error shape."""
     t0 = time.perf_counter()
@@ -145,5 +99,5 @@ async def moderations(request: Request, state: StateDep) -> JSONResponse:
         if isinstance(a, ApiError):
             raise ParamError(a.status, a.code, f"input[{i}]: {a.message}", f"input[{i}]", a.headers) from None
     models = list(dict.fromkeys(a["model"] for a in answers))
-    return JSONResponse({"id": f"modr-{uuid.uuid4().hex}", "model": ",".join(models),
+    return json_response({"id": f"modr-{uuid.uuid4().hex}", "model": ",".join(models),
                          "results": [a["result"] for a in answers]})

@@ -129,8 +129,14 @@ def test_error_codes(http):
     assert_error(http.post("/classify", json={"domain": "photo"}), 422, "validation_error")
     assert_error(http.post("/classify", json={"image": "%%%", "domain": "photo"}), 400, "invalid_base64")
     assert_error(http.post("/classify", content=b"{not json", headers={"content-type": "application/json"}), 400)
-    assert_error(http.post("/classify", content=b"raw", headers={"content-type": "image/jpeg"}), 415,
+    assert_error(http.post("/classify", content=b"raw", headers={"content-type": "text/plain"}), 415,
                  "unsupported_media_type")
+    raw = {"content-type": "image/jpeg"}  # the image itself as the body, its domain as ?domain=
+    assert_error(http.post("/classify?domain=photo", content=b"raw", headers=raw), 400, "undecodable_image")
+    assert_error(http.post("/classify?domain=nope", content=image_bytes("jpeg"), headers=raw), 404, "unknown_domain")
+    as_raw = http.post("/classify?domain=photo", content=image_bytes("jpeg"), headers=raw)
+    assert as_raw.status_code == 200, as_raw.text
+    assert as_raw.json()["labels"] == upload(http, image_bytes("jpeg")).json()["labels"]
     two = [("image", ("a.jpg", image_bytes("jpeg"), "image/jpeg"))] * 2
     assert_error(http.post("/classify", files=two, data={"domain": "photo"}), 422)
     assert_error(http.get("/classify"), 405)
