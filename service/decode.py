@@ -42,7 +42,8 @@ class ImageDecoder:
 
     def __init__(self, preprocess: Callable[[Image.Image], Tensor], *, max_bytes: int, max_pixels: int,
                  min_side: int, workers: int, device_jpeg: Callable[[bytes], Tensor | None] | None = None,
-                 max_pending: int | None = None, timeout_s: float | None = None, retry_after_s: int = 1):
+                 max_pending: int | None = None, timeout_s: float | None = None, retry_after_s: int = 1,
+                 on_cpu: Callable[[float], None] | None = None):
         self.preprocess = preprocess
         self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
@@ -51,8 +52,17 @@ class ImageDecoder:
         # outside the request timeout) and the model queue would never get to answer 503.
         self.max_pending, self.timeout_s, self.retry_after_s = max_pending, timeout_s, retry_after_s
         self.pending = 0  # decodes submitted and not finished; touched only on the event loop
+        self.on_cpu = on_cpu  # called (in the decode thread) with each decode's CPU seconds
 
     def _decode(self, data: bytes) -> Tensor:
+        t = time.thread_time()
+        try:
+            return self._decode_now(data)
+        finally:
+            if self.on_cpu is not None:
+                self.on_cpu(time.thread_time() - t)
+
+    def _decode_now(self, data: bytes) -> Tensor:
         if self.device_jpeg is not None and 0 < len(data) <= self.limits["max_bytes"]:
             pixels = self.device_jpeg(data)  # None: not a plain JPEG within limits; PIL below says why
             if pixels is not None:

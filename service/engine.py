@@ -98,6 +98,8 @@ class BatchingEngine:
         self._task: asyncio.Task | None = None
         self._staging: Tensor | None = None  # pinned host buffer for CUDA uploads
         self.in_flight = 0  # jobs submitted and not yet answered
+        self.model_cpu_seconds = 0.0  # CPU time of the image tower's forward passes (model thread only)
+        self._counted_cpu = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -191,6 +193,8 @@ class BatchingEngine:
             if self.metrics is not None:
                 self.metrics.inference_seconds.observe(time.perf_counter() - t0)
                 self.metrics.observe_answers(results)
+                self.metrics.model_cpu.inc(self.model_cpu_seconds - self._counted_cpu)
+                self._counted_cpu = self.model_cpu_seconds
             for j, r in zip(batch, results, strict=True):
                 if not j.future.done():
                     j.future.set_result(r)
@@ -230,8 +234,12 @@ class BatchingEngine:
                 trows = torch.tensor([entries[i].text_row for i in idx], device=self.device)
                 sel = images if len(idx) == len(batch) else images[torch.tensor(idx, device=self.device)]
                 prompts = snap.vision_banks[shape].index_select(0, vrows)  # (b, depth, n, Wv)
-                rows = self.runner.decide(sel, prompts, trows, snap.banks, review_out_of_scope=self.review_out_of_scope,
-                                          review_margin=self.review_margin).answers(snap.banks)
+                t = time.thread_time()
+                feats, taps = self.runner.features(sel, prompts)
+                self.model_cpu_seconds += time.thread_time() - t
+                rows = self.runner.decide_features(feats, taps, trows, snap.banks,
+                                                   review_out_of_scope=self.review_out_of_scope,
+                                                   review_margin=self.review_margin).answers(snap.banks)
                 for k, i in enumerate(idx):
                     out[i] = build_result(entries[i], rows[k], model=self.model_name, latency_ms=0.0,
                                           routing=routing[i])
@@ -243,7 +251,9 @@ class BatchingEngine:
         todo = [i for i, e in enumerate(entries) if e is None]
         if not todo:
             return entries, routing
+        t = time.thread_time()
         feats = self.runner.bare(images[torch.tensor(todo, device=self.device)])  # (R, E)
+        self.model_cpu_seconds += time.thread_time() - t
         by_snapshot: dict[int, list[int]] = {}
         for k, i in enumerate(todo):
             by_snapshot.setdefault(id(batch[i].snapshot), []).append(k)

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from fastapi import FastAPI, Request, Response
 
 from .errors import install_error_handlers
+from .hotpath import HOT_ROUTES, HotRoutes
 from .inputs import read_body
 from .ipc import EngineClient
 from .metrics import MetricsMiddleware, ServiceMetrics
@@ -68,6 +69,7 @@ def create_frontend_app(settings: Settings, ipc_dir: str, engine_pid: int | None
             request.scope["route"] = SimpleNamespace(path=head["route"])
         return Response(data, status_code=head["status"], headers=headers)
 
+    app.add_middleware(HotRoutes, state=state, routes=HOT_ROUTES)  # inside the metrics middleware
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 

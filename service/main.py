@@ -21,6 +21,7 @@ from review import OFF, ReviewStore, ReviewWriter
 from .decode import ImageDecoder
 from .engine import BatchingEngine
 from .errors import install_error_handlers
+from .hotpath import HOT_ROUTES, HotRoutes
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .pipeline import LocalBackend
 from .registry import BundleRegistry
@@ -91,7 +92,7 @@ async def _startup(st: ServiceState) -> None:
     st.decoder = ImageDecoder(st.clip.preprocess, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
                               min_side=s.min_image_side, workers=s.decode_workers, device_jpeg=device_jpeg,
                               max_pending=s.max_queue + s.decode_workers, timeout_s=s.request_timeout_s,
-                              retry_after_s=s.retry_after_s)
+                              retry_after_s=s.retry_after_s, on_cpu=st.metrics.decode_cpu.inc)
     engine = BatchingEngine(st.prompted, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
                             timeout_s=s.request_timeout_s, retry_after_s=s.retry_after_s, metrics=st.metrics,
                             cuda_graphs=s.cuda_graphs, arriving=lambda: st.decoder.pending,
@@ -192,5 +193,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (classify.router, moderations.router, domains.router, admin.router, health.router, metrics.router,
               review.router):
         app.include_router(r)
+    app.add_middleware(HotRoutes, state=state, routes=HOT_ROUTES)  # inside the metrics middleware
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

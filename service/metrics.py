@@ -40,6 +40,10 @@ class ServiceMetrics:
         self.bundle_generation = Gauge("moderation_bundle_generation", "Snapshot generation", registry=r, multiprocess_mode="livemax")
         self.reloads = Counter("moderation_reloads", "Store reloads by outcome", ["outcome"], registry=r)
         self.ready = Gauge("moderation_ready", "1 when /readyz answers 200", registry=r, multiprocess_mode="livemax")
+        self.model_cpu = Counter("moderation_model_cpu_seconds", "CPU time of the image tower's forward passes "
+                                 "(CPU serving: where the cores go)", registry=r)
+        self.decode_cpu = Counter("moderation_decode_cpu_seconds", "CPU time of image decode and preprocess",
+                                  registry=r)
         self.review_enqueued = Counter("moderation_review_enqueued", "Answers written to the review queue, by reason",
                                        ["reason"], registry=r)
         self.review_dropped = Counter("moderation_review_dropped", "Answers for review that were not queued (queue "
