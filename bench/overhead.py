@@ -6,7 +6,7 @@ Starts the real server (`python -m service`: the embedded tiny CLIP, the demo bu
 ./prompts_store, one torch thread, the review queue off) and drives it with 224x224 JPEGs of
 mixed domains from separate client processes (bench.loadgen): `/classify` at `--conc`
 connections, then `/classify/batch` with `--batch-items` images a request. Over each measured
-window it reads the CPU time (user + system) of every process of the server's session from
+window it reads the CPU time (user + system) of the server and every process under it from
 /proc, and divides by the images answered in the window.
 
 In this process, with one torch thread, it then measures what the server cannot avoid:
@@ -44,16 +44,22 @@ STORE = Path(__file__).resolve().parents[1] / "prompts_store"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def session_cpu_s(sid: int) -> float:
-    """User + system CPU seconds of every live process in session `sid` (the server and its children)."""
-    total = 0
+def tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of process `root` and all its live descendants (the server's processes)."""
+    procs: dict[int, tuple[int, int]] = {}  # pid -> (parent, CPU ticks)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == sid:  # field 6 of proc(5), counted after the command name
-            total += int(fields[11]) + int(fields[12])
+        procs[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # proc(5): ppid, utime, stime
+    total = 0
+    for pid, (_, ticks) in procs.items():
+        p = pid
+        while p in procs and p != root:
+            p = procs[p][0]
+        if p == root:
+            total += ticks
     return total / TICK
 
 
@@ -70,14 +76,14 @@ def server_counters(url: str) -> dict[str, float]:
                                                   "decode_cpu_seconds_total")}
 
 
-def measure_phase(url: str, sid: int, port: int, jpeg_dir: Path, domains: list[str], conc: int, items: int,
+def measure_phase(url: str, pid: int, port: int, jpeg_dir: Path, domains: list[str], conc: int, items: int,
                   warmup_s: float, duration_s: float) -> dict:
     """Load for warmup + duration; the server's CPU seconds and batches over the measured window."""
     marks: dict[str, tuple[float, dict]] = {}
 
     def sample(at: float, key: str) -> None:
         time.sleep(max(0.0, at - time.time()))
-        marks[key] = (session_cpu_s(sid), server_counters(url))
+        marks[key] = (tree_cpu_s(pid), server_counters(url))
 
     start = load_start(2)
     threads = [threading.Thread(target=sample, args=(start + warmup_s, "t0")),
