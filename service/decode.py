@@ -47,6 +47,7 @@ class ImageDecoder:
         self.preprocess = preprocess
         self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.workers = workers
         self.device_jpeg = device_jpeg  # plain JPEGs -> model input on the GPU (promptclip.device_decode), else None
         # Decoding is CPU-bound: unbounded, a flood of uploads would queue here (holding their bytes,
         # outside the request timeout) and the model queue would never get to answer 503.
@@ -76,22 +77,49 @@ class ImageDecoder:
     async def decode(self, data: bytes, deadline: float | None = None) -> Tensor:
         """(3, H, W) preprocessed tensor; raises ApiError (also 503 when `max_pending` decodes are
         already waiting, 504 after `timeout_s` or once `deadline` (perf_counter) has passed)."""
+        (out,) = await self.decode_many([data], deadline)
+        if isinstance(out, ApiError):
+            raise out
+        return out
+
+    async def decode_many(self, datas: list[bytes], deadline: float | None = None) -> list:
+        """Per image, its (3, H, W) tensor or the ApiError it failed with; a request's images are decoded
+        in at most `workers` pool jobs (one hand-off each, not one per image). 503 for the images beyond
+        `max_pending` decodes waiting; 504 for all after `timeout_s` or past `deadline`."""
         timeout = self.timeout_s
         if deadline is not None:
             timeout = min(timeout or math.inf, deadline - time.perf_counter())
             if timeout <= 0:
-                raise ApiError(504, "timeout", f"no result within {self.timeout_s:g} s")
-        if self.max_pending is not None and self.pending >= self.max_pending:
-            raise ApiError(503, "queue_full", "the server is at capacity; retry after the Retry-After delay",
-                           {"Retry-After": str(self.retry_after_s)})
-        self.pending += 1
+                return [ApiError(504, "timeout", f"no result within {self.timeout_s:g} s")] * len(datas)
+        room = len(datas) if self.max_pending is None else max(0, min(len(datas), self.max_pending - self.pending))
+        busy = [ApiError(503, "queue_full", "the server is at capacity; retry after the Retry-After delay",
+                         {"Retry-After": str(self.retry_after_s)})] * (len(datas) - room)
+        if not room:
+            return busy
+        loop = asyncio.get_running_loop()
+        parts = min(self.workers, room)
+        chunks = [datas[k:room:parts] for k in range(parts)]  # interleaved: equal shares of the work
+        self.pending += room
         try:
-            job = asyncio.get_running_loop().run_in_executor(self.pool, self._decode, data)
-            return await asyncio.wait_for(job, timeout)  # a decode not started yet is cancelled
+            jobs = [loop.run_in_executor(self.pool, self._decode_all, c) for c in chunks]
+            done = await asyncio.wait_for(asyncio.gather(*jobs), timeout)  # decodes not started yet are cancelled
         except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"the image was not decoded within {timeout:g} s") from None
+            return [ApiError(504, "timeout", f"the image was not decoded within {timeout:g} s")] * len(datas)
         finally:
-            self.pending -= 1
+            self.pending -= room
+        out: list = [None] * room
+        for k, part in enumerate(done):
+            out[k:room:parts] = part
+        return out + busy
+
+    def _decode_all(self, datas: list[bytes]) -> list:
+        out: list = []
+        for data in datas:
+            try:
+                out.append(self._decode(data))
+            except ApiError as e:
+                out.append(e)
+        return out
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -53,12 +53,37 @@ def build_encode_fn(prompted: PromptedCLIP, cuda_graphs: bool = False, max_batch
     return functools.partial(prompted.encode_image, taps=True)
 
 
-@dataclass(eq=False)
+class Answers:
+    """One request's answers, filled in by the batcher as its images come out of micro-batches: one
+    future per request, however many images it holds."""
+
+    __slots__ = ("results", "left", "future")
+
+    def __init__(self, n: int, loop: asyncio.AbstractEventLoop):
+        self.results: list = [None] * n  # per image: its answer (service.scoring.build_result) or ApiError
+        self.left = n
+        self.future = loop.create_future()
+
+    def set(self, i: int, value) -> None:
+        if self.future.done():  # timed out or cancelled meanwhile
+            return
+        self.results[i] = value
+        self.left -= 1
+        if self.left == 0:
+            self.future.set_result(self.results)
+
+
+@dataclass(eq=False, slots=True)
 class Job:
     pixels: Tensor  # (3, H, W) preprocessed, CPU (or already on the GPU when decoded there)
     entry: DomainEntry | None  # None: the snapshot's router picks the domain
     snapshot: Snapshot
-    future: asyncio.Future  # -> the answer (service.scoring.build_result; latency_ms set by the caller)
+    answers: Answers  # the request's; this image's answer goes to answers.results[index]
+    index: int
+
+    @property
+    def done(self) -> bool:
+        return self.answers.future.done()
 
 
 class QueueFull(ApiError):
@@ -114,8 +139,7 @@ class BatchingEngine:
         if self.queue is not None:
             while not self.queue.empty():
                 job = self.queue.get_nowait()
-                if not job.future.done():
-                    job.future.set_exception(ShuttingDown(self.retry_after_s))
+                job.answers.set(job.index, ShuttingDown(self.retry_after_s))
         self.model_thread.shutdown(wait=True)
 
     async def drain(self, timeout_s: float) -> bool:
@@ -130,21 +154,34 @@ class BatchingEngine:
                        deadline: float | None = None) -> dict:
         """The image's answer under `entry` (None: the domain the snapshot's router picks), latency_ms
         left to the caller; raises ApiError 503, or 504 once `deadline` (perf_counter) has passed."""
+        (answer,) = await self.classify_many([(pixels, entry)], snapshot, deadline)
+        if isinstance(answer, ApiError):
+            raise answer
+        return answer
+
+    async def classify_many(self, images: list[tuple[Tensor, DomainEntry | None]], snapshot: Snapshot,
+                            deadline: float | None = None) -> list:
+        """Per image, its answer or ApiError (503 for the images the queue has no room for): all of a
+        request's images are queued in one step, so that they share micro-batches, and wait on one future.
+        Raises ApiError 504 once `deadline` (perf_counter) has passed."""
         timeout = self.timeout_s if deadline is None else deadline - time.perf_counter()
         if timeout <= 0:
             raise _timeout(self.timeout_s)
-        fut = asyncio.get_running_loop().create_future()
+        answers = Answers(len(images), asyncio.get_running_loop())
+        queued = 0
+        for i, (pixels, entry) in enumerate(images):
+            try:
+                self.queue.put_nowait(Job(pixels, entry, snapshot, answers, i))
+                queued += 1
+            except asyncio.QueueFull:
+                answers.set(i, QueueFull(self.retry_after_s))
+        self.in_flight += queued
         try:
-            self.queue.put_nowait(Job(pixels, entry, snapshot, fut))
-        except asyncio.QueueFull:
-            raise QueueFull(self.retry_after_s) from None
-        self.in_flight += 1
-        try:
-            return await asyncio.wait_for(fut, timeout)  # cancels fut on timeout: the batcher skips it
+            return await asyncio.wait_for(answers.future, timeout)  # cancels it on timeout: the batcher skips
         except asyncio.TimeoutError:
             raise _timeout(self.timeout_s) from None
         finally:
-            self.in_flight -= 1
+            self.in_flight -= queued
 
     # ------------------------------------------------------------------ batching
     async def _collect(self) -> list[Job]:
@@ -170,7 +207,7 @@ class BatchingEngine:
         while True:
             batch = await self._collect()
             depth = self.queue.qsize()
-            batch = [j for j in batch if not j.future.done()]  # timed out while queued
+            batch = [j for j in batch if not j.done]  # timed out while queued
             if not batch:
                 continue
             if self.metrics is not None:
@@ -180,24 +217,20 @@ class BatchingEngine:
                 results = await loop.run_in_executor(self.model_thread, self._forward, batch)
             except asyncio.CancelledError:
                 for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(ShuttingDown(self.retry_after_s))
+                    j.answers.set(j.index, ShuttingDown(self.retry_after_s))
                 raise
             except Exception as e:  # fan the failure out to every request of the batch; keep serving
                 log.exception("batch of %d failed", len(batch))
-                err = ApiError(500, "inference_failed", f"the model failed on this batch ({type(e).__name__})")
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(err)
-                continue
-            if self.metrics is not None:
-                self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-                self.metrics.observe_answers(results)
-                self.metrics.model_cpu.inc(self.model_cpu_seconds - self._counted_cpu)
-                self._counted_cpu = self.model_cpu_seconds
+                results = [ApiError(500, "inference_failed", f"the model failed on this batch ({type(e).__name__})")] \
+                    * len(batch)
+            else:
+                if self.metrics is not None:
+                    self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+                    self.metrics.observe_answers(results)
+                    self.metrics.model_cpu.inc(self.model_cpu_seconds - self._counted_cpu)
+                    self._counted_cpu = self.model_cpu_seconds
             for j, r in zip(batch, results, strict=True):
-                if not j.future.done():
-                    j.future.set_result(r)
+                j.answers.set(j.index, r)
 
     # ------------------------------------------------------------------ model thread
     def _upload(self, pixels: list[Tensor]) -> Tensor:
@@ -272,6 +305,7 @@ class BatchingEngine:
         sizes = tuple(getattr(self.runner.encode, "buckets", (1, 2)))
         for entry in {e.shape: e for e in snapshot.domains.values()}.values():
             for b in sizes:
-                jobs = [Job(torch.zeros(3, image_size, image_size), entry, snapshot, loop.create_future())
-                        for _ in range(min(b, self.max_batch))]
+                n = min(b, self.max_batch)
+                answers = Answers(n, loop)
+                jobs = [Job(torch.zeros(3, image_size, image_size), entry, snapshot, answers, i) for i in range(n)]
                 await loop.run_in_executor(self.model_thread, self._forward, jobs)

@@ -14,7 +14,6 @@ on the store.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import uuid
@@ -57,35 +56,41 @@ RENDERERS = {"moderation": _moderation}  # answers rendered where the bundles ar
 async def classify_items(state: ServiceState, snapshot: Snapshot, items: list[Item], t0: float) -> list[Any]:
     """Per item, the /classify answer (a dict) or the ApiError it failed with alone.
 
-    Every item is decoded first, then all are queued in one step, so that a request's images land in
-    the same micro-batch. One deadline, `t0` + MODERATION_REQUEST_TIMEOUT_S, covers the decode, the
-    queue and the model."""
+    A request's images are decoded together, then queued in one step, so that they land in the same
+    micro-batch. One deadline, `t0` + MODERATION_REQUEST_TIMEOUT_S, covers the decode, the queue and
+    the model."""
     deadline = t0 + state.settings.request_timeout_s
-
-    async def decode(it: Item) -> Any:
-        if it.error is not None:
-            return it.error
-        try:
-            entry = None if it.domain is None else lookup(snapshot, it.domain)
-            if entry is None and not snapshot.routable:
-                raise no_router(snapshot)
-            return entry, await state.decoder.decode(it.data, deadline)
-        except ApiError as e:
-            return e
-
-    async def classify(it: Item, decoded: Any) -> Any:
-        if isinstance(decoded, ApiError):
-            return decoded
-        try:
-            result = await state.engine.classify(decoded[1], decoded[0], snapshot, deadline)  # routed in the batch
-        except ApiError as e:
-            return e
-        result["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
-        _to_review(state, result, it, snapshot.domains[result["domain"]])
-        return result
-
-    decoded = await asyncio.gather(*(decode(it) for it in items))
-    return list(await asyncio.gather(*(classify(it, d) for it, d in zip(items, decoded, strict=True))))
+    out: list[Any] = [it.error for it in items]
+    todo: list[tuple[int, DomainEntry | None]] = []
+    for i, it in enumerate(items):
+        if it.error is None:
+            try:
+                entry = None if it.domain is None else lookup(snapshot, it.domain)
+                if entry is None and not snapshot.routable:
+                    raise no_router(snapshot)
+                todo.append((i, entry))
+            except ApiError as e:
+                out[i] = e
+    pixels = await state.decoder.decode_many([items[i].data for i, _ in todo], deadline)
+    ready = []
+    for (i, entry), p in zip(todo, pixels, strict=True):
+        if isinstance(p, ApiError):
+            out[i] = p
+        else:
+            ready.append((i, entry, p))
+    if not ready:
+        return out
+    try:
+        answers = await state.engine.classify_many([(p, e) for _, e, p in ready], snapshot, deadline)
+    except ApiError as e:  # the request's deadline passed
+        answers = [e] * len(ready)
+    latency = round((time.perf_counter() - t0) * 1000.0, 3)
+    for (i, _, _), a in zip(ready, answers, strict=True):
+        if not isinstance(a, ApiError):
+            a["latency_ms"] = latency
+            _to_review(state, a, items[i], snapshot.domains[a["domain"]])
+        out[i] = a
+    return out
 
 
 def _to_review(state: ServiceState, result: dict, item: Item, entry: DomainEntry) -> None:
