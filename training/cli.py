@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-seeds", nargs="+", type=int, default=EvalConfig().seeds,
                    help="training seeds per cell (the evaluation's --seeds)")
     s.add_argument("--domains", nargs="+", default=None, help="only these domains (default: every domain)")
+    s.add_argument("--report-only", action="store_true",
+                   help="write the results of the cells already finished; run nothing")
     model_args(s)
     add_config(s, SynthConfig, skip=("seed",))
     add_config(s, SplitConfig, skip=("shots",))

@@ -110,7 +110,9 @@ def run_curve(ns: argparse.Namespace) -> list[dict]:
                 cells.append(done)
             else:
                 todo.append((seed, k))
-    log.info("curve: %d cells done, %d to run", len(cells), len(todo))
+    log.info("curve: %d cells done, %d to run", len(cells), 0 if ns.report_only else len(todo))
+    if ns.report_only:
+        todo = []
     ctx, ctx_seed = None, None
     for seed, k in tqdm(todo, desc="curve", unit="cell"):
         if ctx_seed != seed:  # one CLIP load and image cache per world
@@ -180,13 +182,16 @@ def curve_markdown(summary: dict) -> str:
             cells = [levels[k]["variants"][v]["vs_zero_shot"] for k in ks]
             drop.append(f"| {v} | " + " | ".join(f"{100 * z['worst']:+.1f} ({z['below_1_point']}/{z['units']})"
                                                 for z in cells) + " |")
-    n = first["variants"][OURS]["accuracy"]["n"]
-    recovered = " | ".join(f"{levels[k]['planted_recovered']}/{len(levels[k]['worlds'])}" for k in ks)
+    worlds = "; ".join(f"{k}: {', '.join(map(str, levels[k]['worlds']))}" for k in ks)
+    units_row = "| (world, domain) units | " + " | ".join(str(levels[k]["variants"][OURS]["accuracy"]["n"])
+                                                        for k in ks) + " |"
+    recovered = ", ".join(f"{levels[k]['planted_recovered']}/{len(levels[k]['worlds'])} at {k}" for k in ks)
     return "\n".join([
-        f"Mean test accuracy (%) over {n} (world, domain) units (worlds {first['worlds']}), 95% t-interval:", "",
-        *acc, "", f"Difference against {OURS} (points), paired over the same units, 95% t-interval:", "", *diff, "",
+        f"Worlds per shots level: {worlds}.", "",
+        "Mean test accuracy (%) over (world, domain) units, 95% t-interval:", "", *acc[:2], units_row, *acc[2:], "",
+        f"Difference against {OURS} (points), paired over the same units, 95% t-interval:", "", *diff, "",
         "Worst (world, domain) against zero-shot (points), and units more than 1 point below it:", "", *drop, "",
-        f"Planted groups recovered by the gradient grouping (worlds): {recovered} (by shots level)."])
+        f"Planted groups recovered by the gradient grouping (worlds): {recovered} shots."])
 
 
 def plot_curve(summary: dict, path: Path) -> None:

@@ -31,6 +31,10 @@ def test_curve_runs_every_cell_and_resumes(tiny_arch, tmp_path):
     assert level["variants"]["group_private"]["vs_group_private"]["mean"] == 0.0
     assert (out / "shots_curve.png").stat().st_size > 0
     assert "guarded" in (out / "curve.md").read_text()
+    # report only: the finished cells' results, nothing run
+    assert main(["curve", "--out", str(out), "--seeds", "5", "--shots", "1,2", "--report-only", *TINY_CURVE]) == 0
+    assert not (out / "world-5" / "shots-2").exists()
+    assert list(json.loads((out / "curve.json").read_text())["levels"]) == ["1"]
     first = out / "world-5" / "shots-1" / "cell.json"
     stamp = first.stat().st_mtime_ns
     # a rerun with one more level runs only the new cell
