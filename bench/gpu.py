@@ -46,6 +46,7 @@ from bench.fixtures import DOMAINS, bare_and_prompted, make_jpegs, publish_bundl
 from bench.gpu_measure import batch_stats, decode_costs, p3_breakdown, run_encoder_bench, scrape
 from bench.gpu_report import GOALS, goals, print_report, summarise  # noqa: F401 (GOALS: the bench's goals)
 from bench.loadgen import run_load
+from bench.overhead import busy_shares, process_tree
 from bench.service import free_port, print_py_spy_summary, stop_server, wait_ready
 from bench.timing import Reference, machine
 
@@ -103,6 +104,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per HTTP phase")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each HTTP phase")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"server variants, from {', '.join(VARIANTS)}")
+    p.add_argument("--workers", default="1,8", help="front-end process counts (MODERATION_WORKERS): `full` runs with "
+                                                    "the first, one more variant `workers<N>` per other count")
     p.add_argument("--extra", action="append", default=[], metavar="NAME:KEY=VAL[,KEY=VAL]",
                    help="one more server variant with these MODERATION_* settings (P2 and P3 phases only)")
     p.add_argument("--server-threads", type=int, default=None,
@@ -188,11 +191,16 @@ def run_phase(args: argparse.Namespace, result: dict, v: str, phase: str, load: 
                                 "--format", "raw", "-r", "100", "--threads", "-o", str(spy_out),
                                 "--duration", str(round(args.warmup + args.duration + 1.5))],
                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    before = scrape(url)
+    before, cpu0 = scrape(url), process_tree(proc.pid)
     r = run_load(int(url.rsplit(":", 1)[1]), jpeg_dir, domains, conc, nproc, args.warmup, args.duration, items)
     stats = batch_stats(before, scrape(url), args.warmup + args.duration)
+    busy = busy_shares(cpu0, process_tree(proc.pid), args.warmup + args.duration)
     result["http"].setdefault(v, {})[phase] = r
     result["server_batches"].setdefault(v, {})[phase] = stats
+    result["process_busy"].setdefault(v, {})[phase] = [{"role": role, "pid": pid, "busy": round(b, 3)}
+                                                        for role, pid, b in busy]
+    print("    busy (share of one core): " + ", ".join(f"{role} {100 * b:.0f} %" for role, _, b in busy)
+          + (f"; busiest: {busy[0][0]}" if busy else ""), flush=True)
     print(f"    {r['img_s']:.1f} img/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['requests']} "
           f"requests, {r['errors']} errors; mean batch {stats['mean_batch']:.1f}, model busy "
           f"{100 * stats['model_busy']:.0f} %" + (f"; first error: {r['first_error']}" if r["errors"] else ""),
@@ -219,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
     domains = DOMAINS[: args.domains] if args.domains <= len(DOMAINS) else [f"d{i}" for i in range(args.domains)]
     n_group, n_private = (int(t) for t in args.tokens.split(","))
     width, height = (int(v) for v in args.image_size.lower().split("x"))
-    variants = {v: VARIANTS[v] for v in args.variants.split(",") if v}
+    counts = [c for c in args.workers.split(",") if c]
+    variants = {v: {**VARIANTS[v], "MODERATION_WORKERS": counts[0]} for v in args.variants.split(",") if v}
+    if "full" in variants:  # the front-end count as a dimension: the full server with each other count
+        variants |= {f"workers{c}": {"MODERATION_WORKERS": c} for c in counts[1:]}
     for spec in args.extra:
         name, _, kv = spec.partition(":")
         variants[name] = dict(item.split("=", 1) for item in kv.split(",") if item)
@@ -243,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 (one linear script
         "command": "python -m bench gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": info, "skipped": [],
         "efficiency": None, "service_over_bare": None, "p50_ms": None, "p99_ms": None,
-        "ablations": {}, "http": {}, "server_batches": {},
+        "ablations": {}, "http": {}, "server_batches": {}, "process_busy": {},
     }
 
     def save() -> None:

@@ -44,8 +44,9 @@ STORE = Path(__file__).resolve().parents[1] / "prompts_store"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_s(root: int) -> float:
-    """User + system CPU seconds of process `root` and all its live descendants (the server's processes)."""
+def process_tree(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (role, user + system CPU seconds) of process `root` and its live descendants; role is
+    engine, front end or server (the one process, or the supervisor of the others)."""
     procs: dict[int, tuple[int, int]] = {}  # pid -> (parent, CPU ticks)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -53,14 +54,31 @@ def tree_cpu_s(root: int) -> float:
         except OSError:
             continue
         procs[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # proc(5): ppid, utime, stime
-    total = 0
+    out = {}
     for pid, (_, ticks) in procs.items():
         p = pid
         while p in procs and p != root:
             p = procs[p][0]
         if p == root:
-            total += ticks
-    return total / TICK
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                cmd = b""
+            role = "engine" if b"service.engine_server" in cmd else "front end" if b"service.frontend" in cmd \
+                else "server"
+            out[pid] = (role, ticks / TICK)
+    return out
+
+
+def tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of process `root` and all its live descendants (the server's processes)."""
+    return sum(cpu for _, cpu in process_tree(root).values())
+
+
+def busy_shares(before: dict, after: dict, seconds: float) -> list[tuple[str, int, float]]:
+    """(role, pid, share of one core) per process over a window, busiest first: the bottleneck leads."""
+    rows = [(role, pid, (cpu - before.get(pid, (role, 0.0))[1]) / seconds) for pid, (role, cpu) in after.items()]
+    return sorted(rows, key=lambda r: -r[2])
 
 
 def server_counters(url: str) -> dict[str, float]:
