@@ -231,6 +231,39 @@ class DeviceJpegPreprocessor:
         return out
 
 
+    def many(self, data: Sequence[bytes]) -> list[Tensor | None]:
+        """Per image, (3, S, S) float32 on `device` or None (use the PIL path), the accepted JPEGs decoded
+        in one batched nvjpeg call (`decode_jpeg_batch_gpu`'s: a batch that fails is retried one by one)."""
+        out: list[Tensor | None] = [None] * len(data)
+        take = [i for i, d in enumerate(data) if self.accepts(d)]
+        if not take:
+            return out
+        if self.device.type != "cuda":
+            for i in take:
+                out[i] = self(data[i])
+            return out
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        raw = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in take]
+        with _nvjpeg_stream(self.device) as stream:
+            try:
+                imgs: list[Tensor | None] = list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError:  # one corrupt image fails the batch: one by one, None for the corrupt ones
+                imgs = []
+                for r in raw:
+                    try:
+                        imgs.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=self.device))
+                    except RuntimeError:
+                        imgs.append(None)
+            good = [(i, img) for i, img in zip(take, imgs, strict=True) if img is not None]
+            if good:
+                batch = preprocess_batch([img for _, img in good], self.image_size, self.mean, self.std)
+                for k, (i, _) in enumerate(good):
+                    out[i] = batch[k]
+            stream.synchronize()  # these images' kernels only, as in __call__
+        return out
+
+
 def device_jpeg_preprocessor(model: torch.nn.Module, device: torch.device | str,
                              **limits) -> DeviceJpegPreprocessor | None:
     """A DeviceJpegPreprocessor matching `model`'s eval transform, or None if it cannot.

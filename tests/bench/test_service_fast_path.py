@@ -86,3 +86,20 @@ def test_gpu_decoded_pixels_reach_the_engine_upload(tiny_clip):
     engine = BatchingEngine(PromptedCLIP(clip.model), max_batch=4, max_wait_ms=1, max_queue=8, timeout_s=5)
     batch = engine._upload([on_gpu, on_cpu])
     assert batch.device.type == "cuda" and batch.shape == (2, *on_gpu.shape)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])])
+def test_batched_device_decode_equals_one_by_one_and_leaves_the_rest_to_pil(tiny_clip, device):
+    """`DeviceJpegPreprocessor.many` (one nvjpeg call for a request's JPEGs on CUDA) gives what one call
+    per image gives; a corrupt JPEG in the batch, a PNG and a truncated JPEG come back None (the PIL path)."""
+    fast = device_jpeg_preprocessor(tiny_clip.model, device, max_pixels=20_000, min_side=8)
+    png = io.BytesIO()
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(png, format="PNG")
+    good = [_jpeg(64, 40, seed=s) for s in range(3)]
+    corrupt = good[0][:200] + b"\x00" * 300 + good[0][-2:]  # header and EOI intact, scan data zeroed
+    data = [good[0], png.getvalue(), good[1], good[2][: len(good[2]) // 2], corrupt, good[2]]
+    got = fast.many(data)
+    assert got[1] is None and got[3] is None
+    for i in (0, 2, 5):
+        assert got[i] is not None and torch.allclose(got[i], fast(data[i]), atol=1e-4)
+    assert (got[4] is None) == (fast(corrupt) is None)
