@@ -21,9 +21,9 @@ from torch import Tensor
 from promptclip import Bundle, Label, label_tokens
 from promptclip.bundle import stored_form
 from promptclip.decisions import Banks, DecisionRule, DomainBank, score_batch
+from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 from promptclip.runner import ModelRunner
 from promptclip.runner import decide_features as runner_decide
-from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 
 from .calibrate import FittedRule, fit_rule, wilson
 from .config import DecisionConfig
@@ -172,9 +172,11 @@ def ood_metrics(in_scores: Tensor, out_scores: Tensor) -> dict:
     (no scope model) give AUROC 0.5."""
     if not len(in_scores) or not len(out_scores):
         return {"auroc": None, "fpr95": None}
-    both = torch.cat([in_scores, out_scores]).nan_to_num(posinf=1e300, neginf=-1e300)
+    from sklearn.metrics import roc_auc_score
+
+    both = torch.cat([in_scores, out_scores]).double().nan_to_num(posinf=1e300, neginf=-1e300)
     a, b = both[: len(in_scores)], both[len(in_scores):]
-    auroc = float(((a[:, None] > b[None]).double() + 0.5 * (a[:, None] == b[None]).double()).mean())
+    auroc = float(roc_auc_score([1] * len(a) + [0] * len(b), both.numpy()))  # ties count half (Mann-Whitney)
     cut = torch.quantile(a, 0.05)
     return {"auroc": round(auroc, 4), "fpr95": round(float((b >= cut).double().mean()), 4)}
 
