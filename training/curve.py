@@ -205,12 +205,13 @@ def plot_curve(summary: dict, path: Path) -> None:
     levels = summary["levels"]
     ks = [int(k) for k in levels]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for v in levels[str(ks[0])]["variants"]:
-        style = {"lw": 2.5 if v in (OURS, GUARDED) else 1.4, "ls": "--" if v in ("zero_shot", "prototype") else "-"}
+    for i, v in enumerate(levels[str(ks[0])]["variants"]):
+        style = {"lw": 2.5 if v in (OURS, GUARDED) else 1.4, "ls": "--" if v in ("zero_shot", "prototype") else "-",
+                 "color": f"C{i}"}
         for axis, key in ((ax, "accuracy"), (bx, "vs_group_private"))[: 1 if v == "zero_shot" else 2]:
             iv = [levels[str(k)]["variants"][v][key] for k in ks]
-            (line,) = axis.plot(ks, [100 * i["mean"] for i in iv], marker="o", label=v, **style)
-            axis.fill_between(ks, [100 * i["lo"] for i in iv], [100 * i["hi"] for i in iv], color=line.get_color(),
+            (line,) = axis.plot(ks, [100 * b["mean"] for b in iv], marker="o", label=v, **style)
+            axis.fill_between(ks, [100 * b["lo"] for b in iv], [100 * b["hi"] for b in iv], color=line.get_color(),
                               alpha=0.10)
     for axis, title in ((ax, "test accuracy (%)"), (bx, f"difference against {OURS} (points; zero_shot: table)")):
         axis.set_xscale("log", base=2)
@@ -219,10 +220,10 @@ def plot_curve(summary: dict, path: Path) -> None:
         axis.set_title(title)
         axis.grid(alpha=0.3)
     bx.axhline(0, color="black", lw=0.8)
-    first = levels[str(ks[0])]
     fig.legend(*ax.get_legend_handles_labels(), loc="center right", fontsize=9)
-    fig.suptitle(f"Accuracy against shots: {len(first['worlds'])} fresh worlds, "
-                 f"{first['variants'][OURS]['accuracy']['n']} (world, domain) units, 95% t-interval bands", fontsize=11)
+    worlds = ", ".join(f"{k}: {len(levels[str(k)]['worlds'])}" for k in ks)
+    fig.suptitle(f"Accuracy against shots per label; worlds per level {worlds}; 95% t-interval bands over "
+                 "(world, domain) units", fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
