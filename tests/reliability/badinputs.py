@@ -273,7 +273,11 @@ def build_matrix(limits: Limits = Limits()) -> list[Case]:
         Case("json_over_byte_limit", "json", 413, ("image_too_large", "payload_too_large"),
              json={"image": base64.b64encode(big).decode(), "domain": "photo"}),
         Case("unsupported_content_type", "raw", 415, ("unsupported_media_type",), content=jpeg,
+             headers={"content-type": "text/plain"}),
+        Case("raw_image_without_domain", "raw", 422, ("validation_error",), content=jpeg,  # no router here
              headers={"content-type": "image/jpeg"}),
+        Case("raw_image_not_an_image", "raw", 400, ("undecodable_image",), path="/classify?domain=photo",
+             content=b"not an image at all", headers={"content-type": "image/jpeg"}),
         Case("no_content_type", "raw", 415, ("unsupported_media_type",), content=jpeg, headers={}),
         # --- batches
         Case("batch_over_item_limit", "batch", 413, ("too_many_items",),
