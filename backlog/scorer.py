@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from promptclip import Banks, PromptedCLIP, PromptStore, bundle_bank, load_clip
-from promptclip.runner import ModelRunner
 from promptclip.images import decode_rgb
+from promptclip.runner import ModelRunner
 
 from .config import ScoreConfig
 from .inputs import Item
