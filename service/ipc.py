@@ -15,7 +15,7 @@ Request header ops:
 The status message is the engine's `Catalog` (generation, served domains and versions,
 routable) plus `ready` and `draining`. A front end that sees the engine process exit (pidfd), or
 no status for `STATUS_TIMEOUT_S`, fails every pending request with 503 `engine_unavailable` at
-once and turns /readyz 503.
+once and turns /readyz 503 (after a mere stall, until the status comes back).
 
 Torch-free: this module is imported by the front ends.
 """
@@ -41,7 +41,7 @@ from .items import Catalog, Item
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 0.1
-STATUS_TIMEOUT_S = 2.0
+STATUS_TIMEOUT_S = 5.0
 
 
 def engine_address(ipc_dir: str | Path) -> str:
@@ -106,7 +106,8 @@ class EngineClient:
         self.on_status = on_status or (lambda ready: None)  # called with the engine's readiness on every change
         self.catalog = Catalog()
         self.ready = False
-        self.lost = False
+        self.lost = False  # no status for STATUS_TIMEOUT_S (cleared when it comes back), or the process exited
+        self._exited = False
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future] = {}
         self._last_status = time.monotonic()
@@ -194,6 +195,9 @@ class EngineClient:
                     self._engine_lost()
                 continue
             self._last_status = time.monotonic()
+            if self.lost and not self._exited:  # a stall, not a death: the engine speaks again
+                log.warning("the engine is publishing its status again")
+                self.lost = False
             self.catalog = Catalog(msg["generation"], msg["domains"], msg["routable"])
             ready = bool(msg["ready"]) and not msg["draining"] and not self.lost
             if ready != self.ready:
@@ -202,6 +206,7 @@ class EngineClient:
 
     def _engine_exited(self) -> None:
         log.error("the engine process (pid %s) exited", self.engine_pid)
+        self._exited = True
         asyncio.get_running_loop().remove_reader(self._pidfd)
         self._engine_lost()
 
