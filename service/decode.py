@@ -23,7 +23,7 @@ from promptclip.images import ACCEPTED, ACCEPTED_FORMATS, ImageRejected, decode_
 if TYPE_CHECKING:
     from promptclip.device_decode import DeviceJpegPreprocessor
 
-from .errors import ApiError
+from .errors import ApiError, timeout_error
 
 SUPPORTED = ACCEPTED_FORMATS  # the one accepted-format list (promptclip.images), shared with the backlog
 __all__ = ["ACCEPTED", "SUPPORTED", "ImageDecoder", "decode_image"]
@@ -94,7 +94,7 @@ class ImageDecoder:
         if deadline is not None:
             timeout = min(timeout or math.inf, deadline - time.perf_counter())
             if timeout <= 0:
-                return [ApiError(504, "timeout", f"no result within {self.timeout_s:g} s")] * len(datas)
+                return [timeout_error(self.timeout_s or 0)] * len(datas)
         room = len(datas) if self.max_pending is None else max(0, min(len(datas), self.max_pending - self.pending))
         busy = [ApiError(503, "queue_full", "the server is at capacity; retry after the Retry-After delay",
                          {"Retry-After": str(self.retry_after_s)})] * (len(datas) - room)
@@ -108,7 +108,7 @@ class ImageDecoder:
             jobs = [loop.run_in_executor(self.pool, self._decode_all, c) for c in chunks]
             done = await asyncio.wait_for(asyncio.gather(*jobs), timeout)  # decodes not started yet are cancelled
         except asyncio.TimeoutError:
-            return [ApiError(504, "timeout", f"the image was not decoded within {timeout:g} s")] * len(datas)
+            return [timeout_error(self.timeout_s or 0)] * len(datas)
         finally:
             self.pending -= room
         out: list = [None] * room

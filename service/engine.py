@@ -31,7 +31,7 @@ from torch import Tensor
 from promptclip import PromptedCLIP
 from promptclip.runner import EncodeFn, ModelRunner
 
-from .errors import ApiError
+from .errors import ApiError, timeout_error
 from .registry import DomainEntry, ShapeKey, Snapshot
 from .scoring import build_result, route_info
 
@@ -98,10 +98,6 @@ class ShuttingDown(ApiError):
                          {"Retry-After": str(retry_after_s)})
 
 
-def _timeout(timeout_s: float) -> ApiError:
-    return ApiError(504, "timeout", f"no result within {timeout_s:g} s")
-
-
 class BatchingEngine:
     """Owns the queue, the batcher task and the model thread."""
 
@@ -166,7 +162,7 @@ class BatchingEngine:
         Raises ApiError 504 once `deadline` (perf_counter) has passed."""
         timeout = self.timeout_s if deadline is None else deadline - time.perf_counter()
         if timeout <= 0:
-            raise _timeout(self.timeout_s)
+            raise timeout_error(self.timeout_s)
         answers = Answers(len(images), asyncio.get_running_loop())
         queued = 0
         for i, (pixels, entry) in enumerate(images):
@@ -179,7 +175,7 @@ class BatchingEngine:
         try:
             return await asyncio.wait_for(answers.future, timeout)  # cancels it on timeout: the batcher skips
         except asyncio.TimeoutError:
-            raise _timeout(self.timeout_s) from None
+            raise timeout_error(self.timeout_s) from None
         finally:
             self.in_flight -= queued
 

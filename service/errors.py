@@ -27,6 +27,11 @@ def validation_error(message: str) -> ApiError:
     return ApiError(422, "validation_error", message)
 
 
+def timeout_error(timeout_s: float) -> ApiError:
+    """504: the request's deadline (MODERATION_REQUEST_TIMEOUT_S) passed, wherever it was waiting."""
+    return ApiError(504, "timeout", f"no result within {timeout_s:g} s")
+
+
 class ParamError(ApiError):
     """An ApiError that names the request parameter at fault (OpenAI's `param`)."""
 

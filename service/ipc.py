@@ -35,7 +35,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from .errors import ApiError
+from .errors import ApiError, timeout_error
 from .items import Catalog, Item
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class EngineClient:
             await self._req.send_multipart([pack({"id": rid, **header}), *blobs], copy=False)
             reply, frames = await asyncio.wait_for(fut, self.timeout_s)
         except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"no result within {self.timeout_s:g} s") from None
+            raise timeout_error(self.timeout_s) from None
         finally:
             self._pending.pop(rid, None)
         if "error" in reply:
