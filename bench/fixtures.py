@@ -44,12 +44,13 @@ def save_random_clip(model_name: str, path: Path, seed: int = 0) -> Path:
 
 
 def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_private: int,
-                    negatives: int = 256, scope_rank: int = 64) -> None:
+                    negatives: int = 256, scope_rank: int = 64, guard: float = 0.0) -> None:
     """One bundle per domain; domains paired into groups, as grouping would do.
 
     Each carries the full decision rule that export writes (calibrated labels, `negatives`
     negative labels, a scope model with a Gaussian signal per image-tower layer and one on the
-    embedding, each of rank `scope_rank`), so the server does all of its scoring work.
+    embedding, each of rank `scope_rank`), so the server does all of its scoring work; with
+    `guard` > 0, a zero-shot guard of that weight too (a bare forward pass per image).
     """
     info = clip.info
     groups = [domains[i:i + 2] for i in range(0, len(domains), 2)]
@@ -64,6 +65,8 @@ def publish_bundles(clip, store_dir: Path, domains: list[str], n_group: int, n_p
         bundle.manifest.negatives = {"template": "a photo of a {}.", "names": list(IMAGENET_CLASSNAMES[:negatives])}
         scope = _random_scope(info, scope_rank, torch.Generator().manual_seed(len(d)))
         bundle.manifest.decision = {"review_threshold": 0.3, "scope": {"cut": -1e9, "model": scope.manifest()}}
+        if guard:
+            bundle.manifest.decision["guard"] = {"weight": guard}
         bundle.tensors.update(scope.tensors())
         store.publish(bundle, base=info)
 

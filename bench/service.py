@@ -215,6 +215,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads in the server and here (default: 1 on CPU, see bench encoder --help; "
                         "0: torch's)")
+    p.add_argument("--guard", type=float, default=0.0, help="every bundle's zero-shot guard weight (0: none; "
+                   "above 0 the server adds a bare forward pass per image)")
     p.add_argument("--decode-workers", type=int, default=None, help="server MODERATION_DECODE_WORKERS")
     p.add_argument("--server-log", default=None, help="write the server's output here (default: discarded)")
     p.add_argument("--py-spy", default=None, metavar="OUT",
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[setup] random {args.model} -> {tmp}/model.safetensors, {len(domains)} bundles", flush=True)
         ckpt = save_random_clip(args.model, tmp / "model.safetensors")
         clip = load_clip(ModelSpec(model=args.model, pretrained=str(ckpt), device=str(device), precision=precision))
-        publish_bundles(clip, tmp / "store", domains, n_group, n_private)
+        publish_bundles(clip, tmp / "store", domains, n_group, n_private, guard=args.guard)
         jpegs = make_jpegs(args.images, width, height)
 
         # decode + preprocess cost (PIL, this thread): what the server's decode pool pays per image
@@ -312,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += [{"what": "HTTP " + k, "img/s": v["img_s"], "p50 ms": v["p50_ms"], "p99 ms": v["p99_ms"],
                   "requests": v["requests"], "errors": v["errors"]} for k, v in http.items()]
         print(f"\nservice bench: {args.model} on {device} ({precision}), {len(domains)} domains mixed, prompts "
-              f"{n_group}+{n_private} tokens, {width}x{height} JPEGs, server MAX_BATCH={max_batch}")
+              f"{n_group}+{n_private} tokens, zero-shot guard {args.guard:g}, {width}x{height} JPEGs, "
+              f"server MAX_BATCH={max_batch}")
         print(table(rows, ["what", "img/s", "p50 ms", "p99 ms", "requests", "errors"]))
         print(f"\nencoder reference at bs{max_batch}, {len(enc_times['bare'])} interleaved reps "
               f"(model only: decode+preprocess excluded); PIL decode+preprocess {decode_ms:.1f} ms/image/core")
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = {
             "bench": "service", "model": args.model, "device": str(device), "precision": precision,
-            "domains": len(domains), "tokens": {"group": n_group, "private": n_private},
+            "domains": len(domains), "tokens": {"group": n_group, "private": n_private}, "guard": args.guard,
             "jpeg": f"{width}x{height}", "max_batch": max_batch,
             "encoder_includes_decode": False,
             "bare_img_s": bare_img_s, "prompted_img_s": prompted_img_s,

@@ -1,4 +1,5 @@
-"""A loaded bundle -> what scoring needs: its DomainBank (label and negative-label embeddings, scope model, rule).
+"""A loaded bundle -> what scoring needs: its DomainBank (label and negative-label embeddings, scope model, rule,
+and for a bundle with a zero-shot guard the frozen text tower's label features).
 
 The service's registry and the backlog scorer both build domains through here, so a bundle is
 encoded the same way everywhere: labels and negatives through the bundle's own text prompts.
@@ -40,5 +41,24 @@ def bundle_bank(bundle: Bundle, encoder: PromptedCLIP, tokenizer: Callable,
     c = len(m.labels)
     cache, weight = bundle.label_cache()
     labels = label_embeddings(feats[:c], None if cache is None else cache.to(device), weight)
-    bank = DomainBank(labels.float(), feats[c:].float(), None if scope is None else scope.to(device), rule)
+    guard = guard_weight(m.decision)
+    zero_shot = zero_shot_labels(encoder, tokenizer, texts[:c], device) if guard > 0 else None
+    try:
+        bank = DomainBank(labels.float(), feats[c:].float(), None if scope is None else scope.to(device), rule,
+                          zero_shot, guard)
+    except ValueError as e:
+        raise BundleError("manifest", m.domain, str(e)) from None
     return bank, rule
+
+
+def guard_weight(decision: dict | None) -> float:
+    """The zero-shot guard's weight a manifest's decision records (0: none)."""
+    return float(((decision or {}).get("guard") or {}).get("weight", 0.0))
+
+
+@torch.inference_mode()
+def zero_shot_labels(encoder: PromptedCLIP, tokenizer: Callable, texts: list[str],
+                     device: torch.device | str) -> torch.Tensor:
+    """(C, E) float32 normalised label features of the frozen text tower (no prompts): zero-shot CLIP's."""
+    tokens = label_tokens(tokenizer, texts, 0).to(device)
+    return encoder.encode_text(tokens).float()

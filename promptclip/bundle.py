@@ -33,7 +33,8 @@ TENSOR_NAMES = ("vision.group", "vision.private", "text.group", "text.private")
 OPTIONAL_TENSORS = ("labels.cache",  # (C, embed_dim) class means of prompted shot features, fp16 (label cache)
                     "calibration.features",  # (N, embed_dim) calibration images' embeddings, fp16 (recalibration)
                     "calibration.labels",  # (N,) their label indices
-                    "calibration.scope")  # (N,) their cross-fitted scope scores
+                    "calibration.scope",  # (N,) their cross-fitted scope scores
+                    "calibration.bare")  # (N, embed_dim) their frozen-tower features, fp16 (a zero-shot guard's)
 DEFAULT_TEMPLATE = "{placeholders} {prompt}"  # placeholders: one slot per prompt token, right after SOT
 
 
@@ -131,6 +132,10 @@ class Bundle:
         t = self.tensors
         return t["calibration.features"], t["calibration.labels"].long(), t["calibration.scope"]
 
+    def calibration_bare(self) -> Tensor | None:
+        """(N, E) the calibration images' frozen-tower features, carried by bundles with a zero-shot guard."""
+        return self.tensors.get("calibration.bare")
+
     def label_cache(self) -> tuple[Tensor | None, float]:
         """The (C, E) label cache and its blend weight (None, 0.0: text features alone)."""
         return self.tensors.get("labels.cache"), float(self.manifest.prompt.get("cache_weight", 0.0))
@@ -141,7 +146,7 @@ class Bundle:
         return PromptConfig(group_tokens=p["group_tokens"], private_tokens=p["private_tokens"], depth=p["depth"])
 
 
-FP16_TENSORS = ("labels.cache", "calibration.features")  # and the scope model's means and bases
+FP16_TENSORS = ("labels.cache", "calibration.features", "calibration.bare")  # and the scope model's means and bases
 
 
 def stored_form(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -269,6 +274,10 @@ def _check_shapes(tensors: dict[str, Tensor], m: Manifest, path: Path) -> None:
                                  or bool(((cal[1] < 0) | (cal[1] >= len(m.labels))).any())):
         bad.append(f"calibration.features {tuple(cal[0].shape)} / labels {tuple(cal[1].shape)} / scope "
                    f"{tuple(cal[2].shape)} do not fit (N, {b['embed_dim']}) / (N,) label indices / (N,)")
+    plain = tensors.get("calibration.bare")
+    if plain is not None and (cal[0] is None or tuple(plain.shape) != tuple(cal[0].shape)):
+        bad.append(f"calibration.bare {tuple(plain.shape)} must match calibration.features "
+                   f"{None if cal[0] is None else tuple(cal[0].shape)}")
     try:
         model = ScopeModel.from_bundle(m.decision.get("scope", {}).get("model"), tensors)
     except ValueError as e:

@@ -8,10 +8,15 @@ Per image of a domain with C labels:
 
 * ``score``: cosine similarity to each label embedding, (C,): the label prompt's text feature,
   blended with the label cache when the bundle has one (``multitask.label_embeddings``);
-* ``softmax``: the closed-set softmax of ``logit_scale * score`` over the labels;
+* ``softmax``: the closed-set softmax of ``logit_scale * score`` over the labels; in a domain whose
+  bundle carries a zero-shot guard of weight ``w`` (`DomainBank.guard`), the renormalised blend
+  ``w * log_softmax(zero-shot) + (1 - w) * log_softmax(prompted)``, where zero-shot scores the
+  frozen tower's image feature against the frozen text tower's label features (`guard_blend`);
+  the decision's top label is this softmax's largest;
 * ``probability``: calibrated one-vs-rest: ``sigmoid(a * z + b)`` per label, where ``z`` is the
   log-probability of the label in a softmax over the labels *and* the domain's negative labels
-  (NegLabel), or over the labels alone (`PLATT_INPUTS`);
+  (NegLabel), or over the labels alone (`PLATT_INPUTS`); under a guard, the blended closed-set
+  log-probability, plus the log label mass for the NegLabel basis;
 * ``scope_score``: the domain's fitted scope model (`promptclip.scope`: Gaussian scores of the
   image tower's layer features and of the embedding, fitted on in-domain images only);
 * ``label_mass``: the probability mass the labels keep against the negatives (NegLabel's score).
@@ -58,6 +63,14 @@ class DomainBank:
     negatives: Tensor  # (M, E) normalised negative label embeddings, the same prompts; M may be 0
     scope: ScopeModel | None  # fitted at export (promptclip.scope); None: always in scope
     rule: DecisionRule | None = None  # None: uncalibrated (closed-set softmax, threshold 0.5 from the labels)
+    zero_shot: Tensor | None = None  # (C, E) the frozen text tower's label features; needed when guard > 0
+    guard: float = 0.0  # weight of the zero-shot prediction in the label distribution (0: prompted only)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.guard <= 1.0:
+            raise ValueError(f"zero-shot guard weight must be in [0, 1], got {self.guard}")
+        if self.guard > 0 and (self.zero_shot is None or self.zero_shot.shape != self.labels.shape):
+            raise ValueError("a zero-shot guard needs the (labels, embed_dim) zero-shot label features")
 
 
 def _pad(rows: Sequence[Tensor], dim: int, device) -> tuple[Tensor, Tensor]:
@@ -77,6 +90,8 @@ class Banks:
     label_counts: Tensor  # (T,)
     negatives: Tensor  # (T, Mmax, E)
     negative_counts: Tensor  # (T,)
+    zero_shot: Tensor  # (T, Cmax, E) zero-shot label features (zeros where a domain has no guard)
+    guard: Tensor  # (T,) zero-shot guard weight per domain
     domains: tuple[DomainBank, ...]  # negatives, scope model and rule per domain, by row
     rules: RuleBank  # the rules as padded tensors
     scope: ScopeBank  # the scope models stacked over sources and domains
@@ -87,9 +102,23 @@ class Banks:
         dim = banks[0].labels.shape[1]
         lab, lc = _pad([b.labels for b in banks], dim, device)
         neg, nc = _pad([b.negatives.reshape(-1, dim) for b in banks], dim, device)
+        zs, _ = _pad([b.labels.new_zeros(b.labels.shape) if b.zero_shot is None else b.zero_shot for b in banks],
+                     dim, device)
+        guard = torch.tensor([b.guard for b in banks], dtype=torch.float32, device=device)
         rules = [b.rule or DecisionRule.uncalibrated(b.labels.shape[0]) for b in banks]
-        return cls(lab, lc, neg, nc, tuple(banks), RuleBank.stack(rules, lab.shape[1], device),
+        return cls(lab, lc, neg, nc, zs, guard, tuple(banks), RuleBank.stack(rules, lab.shape[1], device),
                    ScopeBank.stack([b.scope for b in banks], device))
+
+    def guarded(self, row: int) -> bool:
+        """Domain `row` blends in zero-shot: scoring it needs the frozen tower's image features."""
+        return self.domains[row].guard > 0
+
+    def needs_bare(self, rows: Sequence[int]) -> bool:
+        return self.any_guard and any(self.domains[r].guard > 0 for r in rows)
+
+    @cached_property
+    def any_guard(self) -> bool:
+        return any(b.guard > 0 for b in self.domains)
 
 
 @dataclass
@@ -102,6 +131,11 @@ class BatchScores:
     label_mass: Tensor  # (B,) probability mass on the labels against the negatives (1 without negatives)
     scope: Tensor  # (B,) scope score under the domain's ScopeModel (+inf without one)
     counts: Tensor  # (B,) label count per row
+    guarded: Tensor | None = None  # (B,) bool: softmax and label_logp blend in zero-shot (top is softmax's)
+
+    def __post_init__(self) -> None:
+        if self.guarded is None:
+            self.guarded = torch.zeros_like(self.counts, dtype=torch.bool)
 
     @cached_property
     def closed_logp(self) -> Tensor:
@@ -117,7 +151,15 @@ class BatchScores:
     def select(self, idx: Tensor) -> BatchScores:
         """The rows `idx` of this batch."""
         return BatchScores(*(t.index_select(0, idx) for t in (self.cosine, self.softmax, self.label_logp,
-                                                               self.label_mass, self.scope, self.counts)))
+                                                               self.label_mass, self.scope, self.counts,
+                                                               self.guarded)))
+
+    @property
+    def top(self) -> Tensor:
+        """(B,) the predicted label: the largest cosine, or the blended softmax's largest under a guard."""
+        valid = _valid(self.counts, self.cosine.shape[1])
+        key = torch.where(self.guarded[:, None], self.softmax, self.cosine)
+        return key.masked_fill(~valid, NEG_INF).argmax(1)
 
 
 def _valid(counts: Tensor, width: int) -> Tensor:
@@ -137,7 +179,7 @@ def label_cosines(feats: Tensor, labels: Tensor, counts: Tensor) -> Tensor:
 
 
 def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
-                taps: Tensor | None = None) -> BatchScores:
+                taps: Tensor | None = None, bare: Tensor | None = None) -> BatchScores:
     """Score a mixed-domain batch.
 
     Args:
@@ -147,6 +189,8 @@ def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
         logit_scale: CLIP's temperature.
         taps: (B, layers, Wv) the image tower's layer means (`encode_image(..., taps=True)`);
             needed by scope models with layer signals.
+        bare: (B, E) the frozen tower's normalised features (`ModelRunner.bare`); needed by rows whose
+            domain has a zero-shot guard (`Banks.needs_bare`), ignored on the others.
     """
     feats = feats.float()
     counts = banks.label_counts.index_select(0, rows)
@@ -157,7 +201,29 @@ def score_batch(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float,
     log_all = torch.logaddexp(torch.logsumexp(z_lab, 1), z_neg).unsqueeze(1)  # (B, 1)
     label_logp = z_lab - log_all
     mass = torch.logsumexp(z_lab, 1, keepdim=True).sub(log_all).exp().squeeze(1)
-    return BatchScores(cos.masked_fill(cos == NEG_INF, 0.0), z_lab.softmax(1), label_logp, mass, scope, counts)
+    softmax = z_lab.softmax(1)
+    w = banks.guard.index_select(0, rows)  # (B,)
+    guarded = w > 0
+    if bare is not None:
+        zs = logit_scale * label_cosines(bare.float(), banks.zero_shot.index_select(0, rows), counts)
+        mix = guard_blend(z_lab, zs, w[:, None], _valid(counts, cos.shape[1]))
+        softmax = torch.where(guarded[:, None], mix.exp(), softmax)
+        label_logp = torch.where(guarded[:, None], mix + mass.clamp_min(TINY).log()[:, None], label_logp)
+    elif banks.any_guard and banks.needs_bare(rows.tolist()):
+        raise ValueError("these rows' domains blend in zero-shot (a guarded bundle): score_batch needs `bare`")
+    return BatchScores(cos.masked_fill(cos == NEG_INF, 0.0), softmax, label_logp, mass, scope, counts, guarded)
+
+
+def guard_blend(prompted: Tensor, zero_shot: Tensor, w: Tensor | float, valid: Tensor | None = None) -> Tensor:
+    """(B, C) log-probabilities: ``w * log_softmax(zero_shot) + (1 - w) * log_softmax(prompted)``,
+    renormalised over the valid columns (-inf elsewhere). w = 0 is the prompted distribution, w = 1
+    zero-shot's; a per-image offset changes no argmax, so training's guard (`training.guard`) picks w
+    on argmax accuracy of exactly this."""
+    if valid is None:
+        valid = torch.ones_like(prompted, dtype=torch.bool)
+    lp = prompted.log_softmax(1).masked_fill(~valid, 0.0)
+    lz = zero_shot.log_softmax(1).masked_fill(~valid, 0.0)
+    return (w * lz + (1 - w) * lp).masked_fill(~valid, NEG_INF).log_softmax(1)
 
 
 def negative_logsumexp(feats: Tensor, rows: Tensor, banks: Banks, logit_scale: float) -> Tensor:
@@ -310,6 +376,4 @@ def decide_batch(scores: BatchScores, rows: Tensor, banks: Banks, *, review_out_
     calibrated_review = ~flagged & ((in_scope & (worst >= rb.review_threshold.index_select(0, rows)))
                                     | (~in_scope & review_out_of_scope))
     review = torch.where(legacy, margin_band, calibrated_review)
-    valid = _valid(scores.counts, scores.cosine.shape[1])
-    top = scores.cosine.masked_fill(~valid, NEG_INF).argmax(1)
-    return Decisions(scores, rows, probs, hits, in_scope, flagged, review, top)
+    return Decisions(scores, rows, probs, hits, in_scope, flagged, review, scores.top)

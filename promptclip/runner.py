@@ -9,7 +9,8 @@ decision is computed the same way wherever it is made:
     rows_json = decided.answers(banks)
 
 `encode` is the seam for a faster image tower (promptclip.ImageRunner: a CUDA graph per batch
-bucket); `bare` is the frozen tower without prompts, whose features the domain router reads.
+bucket); `bare` is the frozen tower without prompts, whose features the domain router and a
+bundle's zero-shot guard read.
 """
 
 from __future__ import annotations
@@ -47,28 +48,32 @@ class ModelRunner:
         return self.encode(images, prompts)
 
     @torch.inference_mode()
-    def scores(self, feats: Tensor, taps: Tensor | None, rows: Tensor, banks: Banks) -> BatchScores:
-        return score_batch(feats, rows, banks, self.logit_scale, taps)
+    def scores(self, feats: Tensor, taps: Tensor | None, rows: Tensor, banks: Banks,
+               bare: Tensor | None = None) -> BatchScores:
+        return score_batch(feats, rows, banks, self.logit_scale, taps, bare)
 
     def decide_features(self, feats: Tensor, taps: Tensor | None, rows: Tensor, banks: Banks, *,
-                        review_out_of_scope: bool = False, review_margin: float = 0.1) -> Decisions:
-        """Decisions for already-encoded images (`rows` (B,) into `banks`)."""
-        return decide_features(feats, taps, rows, banks, self.logit_scale, review_out_of_scope=review_out_of_scope,
-                               review_margin=review_margin)
+                        bare: Tensor | None = None, review_out_of_scope: bool = False,
+                        review_margin: float = 0.1) -> Decisions:
+        """Decisions for already-encoded images (`rows` (B,) into `banks`; `bare` where a domain is guarded)."""
+        return decide_features(feats, taps, rows, banks, self.logit_scale, bare=bare,
+                               review_out_of_scope=review_out_of_scope, review_margin=review_margin)
 
     @torch.inference_mode()
     def decide(self, images: Tensor, prompts: Tensor, rows: Tensor, banks: Banks, *,
                review_out_of_scope: bool = False, review_margin: float = 0.1) -> Decisions:
         """Decisions for `images` (B, 3, H, W) under `prompts` (B, depth, n, Wv), row b scored in its
-        domain `rows[b]` of `banks`."""
+        domain `rows[b]` of `banks`; a second, bare pass only when some row's domain has a zero-shot guard."""
         feats, taps = self.features(images, prompts)
-        return self.decide_features(feats, taps, rows, banks, review_out_of_scope=review_out_of_scope,
+        bare = self.bare(images) if banks.needs_bare(rows.tolist()) else None
+        return self.decide_features(feats, taps, rows, banks, bare=bare, review_out_of_scope=review_out_of_scope,
                                     review_margin=review_margin)
 
 
 @torch.inference_mode()
 def decide_features(feats: Tensor, taps: Tensor | None, rows: Tensor, banks: Banks, logit_scale: float, *,
-                    review_out_of_scope: bool = False, review_margin: float = 0.1) -> Decisions:
+                    bare: Tensor | None = None, review_out_of_scope: bool = False,
+                    review_margin: float = 0.1) -> Decisions:
     """The batched score and decision of encoded images: the one rule, wherever features come from."""
-    return decide_batch(score_batch(feats, rows, banks, logit_scale, taps), rows, banks,
+    return decide_batch(score_batch(feats, rows, banks, logit_scale, taps, bare), rows, banks,
                         review_out_of_scope=review_out_of_scope, review_margin=review_margin)

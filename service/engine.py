@@ -3,8 +3,9 @@
 Requests enter a bounded asyncio queue. One batcher task takes the first waiting request,
 gathers more until MAX_BATCH or MAX_WAIT_MS, and runs the batch in a single model thread
 under `torch.inference_mode`, so the event loop never blocks on the model. Per micro-batch, in
-the model thread: one upload of the batch's pixels; for images sent without a domain, one bare
-forward pass and the snapshot's domain router (a job kind of the same queue); one prompted
+the model thread: one upload of the batch's pixels; for images sent without a domain and those of
+a domain whose bundle has a zero-shot guard, one bare forward pass (the snapshot's domain router
+reads it for the former: a job kind of the same queue); one prompted
 forward pass per prompt shape, each sample's prompts gathered from the snapshot's bank by row
 index; the batched score and decision (promptclip.ModelRunner); the answers, counted in the
 metrics once per batch.
@@ -252,7 +253,8 @@ class BatchingEngine:
         """Runs in the model thread. Returns per job its answer (service.scoring.build_result)."""
         with torch.inference_mode():
             images = self._upload([j.pixels for j in batch])  # (B, 3, H, W): one upload per batch
-            entries, routing = self._route(batch, images)
+            bare = self._bare(batch, images)
+            entries, routing = self._route(batch, bare)
             groups: dict[tuple[int, ShapeKey], list[int]] = {}
             for i, (j, e) in enumerate(zip(batch, entries, strict=True)):
                 groups.setdefault((id(j.snapshot), e.shape), []).append(i)
@@ -260,13 +262,17 @@ class BatchingEngine:
             for (_, shape), idx in groups.items():
                 snap = batch[idx[0]].snapshot
                 vrows = torch.tensor([entries[i].vision_row for i in idx], device=self.device)
-                trows = torch.tensor([entries[i].text_row for i in idx], device=self.device)
-                sel = images if len(idx) == len(batch) else images[torch.tensor(idx, device=self.device)]
+                text_rows = [entries[i].text_row for i in idx]
+                trows = torch.tensor(text_rows, device=self.device)
+                whole = len(idx) == len(batch)
+                at = None if whole else torch.tensor(idx, device=self.device)
+                sel = images if whole else images[at]
                 prompts = snap.vision_banks[shape].index_select(0, vrows)  # (b, depth, n, Wv)
                 t = time.thread_time()
                 feats, taps = self.runner.features(sel, prompts)
                 self.model_cpu_seconds += time.thread_time() - t
-                rows = self.runner.decide_features(feats, taps, trows, snap.banks,
+                plain = (bare if whole else bare[at]) if snap.banks.needs_bare(text_rows) else None
+                rows = self.runner.decide_features(feats, taps, trows, snap.banks, bare=plain,
                                                    review_out_of_scope=self.review_out_of_scope,
                                                    review_margin=self.review_margin).answers(snap.banks)
                 for k, i in enumerate(idx):
@@ -274,22 +280,36 @@ class BatchingEngine:
                                           routing=routing[i])
         return out
 
-    def _route(self, batch: list[Job], images: Tensor) -> tuple[list[DomainEntry], list[dict | None]]:
-        """Each job's entry, routing the jobs sent without a domain: one bare forward pass for all of them."""
+    def _bare(self, batch: list[Job], images: Tensor) -> Tensor | None:
+        """(B, E) frozen-tower features where a job needs them (zeros elsewhere), None when none does: the
+        jobs sent without a domain (the router reads them) and those whose domain has a zero-shot guard."""
+        need = [i for i, j in enumerate(batch) if j.entry is None or j.snapshot.banks.guarded(j.entry.text_row)]
+        if not need:
+            return None
+        t = time.thread_time()
+        if len(need) == len(batch):
+            bare = self.runner.bare(images)
+        else:
+            feats = self.runner.bare(images[torch.tensor(need, device=self.device)])
+            bare = feats.new_zeros(len(batch), feats.shape[1])
+            bare[need] = feats
+        self.model_cpu_seconds += time.thread_time() - t
+        return bare
+
+    def _route(self, batch: list[Job], bare: Tensor | None) -> tuple[list[DomainEntry], list[dict | None]]:
+        """Each job's entry, routing the jobs sent without a domain on their frozen-tower features."""
         entries, routing = [j.entry for j in batch], [None] * len(batch)
         todo = [i for i, e in enumerate(entries) if e is None]
         if not todo:
             return entries, routing
-        t = time.thread_time()
-        feats = self.runner.bare(images[torch.tensor(todo, device=self.device)])  # (R, E)
-        self.model_cpu_seconds += time.thread_time() - t
         by_snapshot: dict[int, list[int]] = {}
-        for k, i in enumerate(todo):
-            by_snapshot.setdefault(id(batch[i].snapshot), []).append(k)
-        for ks in by_snapshot.values():  # one router call per snapshot (almost always one)
-            snap = batch[todo[ks[0]]].snapshot
-            for k, r in zip(ks, snap.router.route(feats[ks], list(snap.domains)), strict=True):
-                entries[todo[k]], routing[todo[k]] = snap.domains[r.domain], route_info(r, snap.router.version)
+        for i in todo:
+            by_snapshot.setdefault(id(batch[i].snapshot), []).append(i)
+        for idx in by_snapshot.values():  # one router call per snapshot (almost always one)
+            snap = batch[idx[0]].snapshot
+            feats = bare[torch.tensor(idx, device=self.device)]
+            for i, r in zip(idx, snap.router.route(feats, list(snap.domains)), strict=True):
+                entries[i], routing[i] = snap.domains[r.domain], route_info(r, snap.router.version)
         return entries, routing
 
     async def warmup(self, snapshot: Snapshot, image_size: int) -> None:

@@ -190,8 +190,9 @@ class DomainInfo(BaseModel):
     labels: list[LabelInfoOut]
     metrics: dict[str, Any] = Field(description="held-out metrics; metrics.decisions holds the test-split "
                                                 "decision rates with 95% intervals")
-    decision: dict[str, Any] = Field(description="the decision rule: targets, review threshold, scope cut; {} for "
-                                                 "legacy bundles")
+    decision: dict[str, Any] = Field(description="the decision rule: targets, review threshold, scope cut, zero-shot "
+                                                 "guard (decision.guard.weight: frozen CLIP's share of the label "
+                                                 "distribution); {} for legacy bundles")
     can_flag: bool = Field(description="false when no unsafe label can reach its threshold (too little "
                                        "calibration data, or no unsafe label): this domain never flags")
     sha256: str

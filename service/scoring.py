@@ -18,7 +18,7 @@ def build_result(entry: DomainEntry, d: dict, *, model: str, latency_ms: float, 
     review: the domain it was scored in may be the wrong one.
     """
     review = d["needs_review"] or bool(routing and routing["low_confidence"] and not d["flagged"])
-    labels = sorted(d["labels"], key=lambda lab: lab["score"], reverse=True)
+    labels = sorted(d["labels"], key=lambda lab: (lab["softmax"], lab["score"]), reverse=True)  # the decision's order
     return {
         "domain": entry.domain,
         "bundle": {"version": entry.version, "group": str(entry.group.get("id", ""))},

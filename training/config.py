@@ -16,6 +16,10 @@ def opt(default, help: str, **kw):  # noqa: A002 (argparse's word)
     return field(default=default, metadata={"help": help, **kw})
 
 
+GUARD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the zero-shot guard's candidate weights (training.guard)
+GUARD_ALPHA = 0.05  # a lighter blend must beat the largest weight on calibration at this level (training.guard)
+
+
 @dataclass
 class ModelConfig:
     model: str = opt("tiny-clip", "open_clip architecture, e.g. ViT-B-16, or a path to an open_clip JSON config")
@@ -132,6 +136,13 @@ class DecisionConfig:
     negative_template: str = opt("a photo of a {}.", "prompt text of a negative label")
     ood_seed: int = opt(0, "seed of the OOD probe set the manifest's OOD rates are measured on")
     ood_per_kind: int = opt(40, "OOD probe images per kind (noise, flat, gradient, text, screen, pattern, shapes)")
+    guard_weights: list = opt(list(GUARD_WEIGHTS),
+                              "zero-shot guard: candidate weights of frozen CLIP's prediction in each domain's label "
+                              "distribution, chosen per domain on the calibration split (0 = prompted only, 1 = "
+                              "zero-shot; ties go to the larger); none: no guard", nargs="*", type=float)
+    guard_alpha: float = opt(GUARD_ALPHA, "zero-shot guard: the most accurate weight is kept only if it beats the "
+                                          "largest on the calibration images by a one-sided exact McNemar test at "
+                                          "this level (1: whenever it leads)")
 
     def __post_init__(self) -> None:
         for name in ("max_false_flag", "false_flag_confidence", "review_target", "review_budget", "scope_keep"):
@@ -144,6 +155,10 @@ class DecisionConfig:
             raise ValueError(f"--scope-combine must be mean or min, got {self.scope_combine!r}")
         if self.scope_rank < 1:
             raise ValueError(f"--scope-rank must be >= 1, got {self.scope_rank}")
+        if any(not 0 <= w <= 1 for w in self.guard_weights):
+            raise ValueError(f"--guard-weights must lie in [0, 1], got {self.guard_weights}")
+        if not 0 < self.guard_alpha <= 1:
+            raise ValueError(f"--guard-alpha must be in (0, 1], got {self.guard_alpha}")
 
 
 @dataclass

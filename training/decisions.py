@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
@@ -36,22 +37,32 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def image_features(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> Tensor:
     """(N, E) normalised embeddings of preprocessed `images` (N, 3, H, W) under task `ti`'s vision prompts."""
-    return image_features_and_taps(model, ti, images, chunk)[0]
+    return encode_images(model, ti, images, chunk=chunk).feats
+
+
+class Encoded(NamedTuple):
+    """A split's images as the decision path reads them (`promptclip.ModelRunner`)."""
+
+    feats: Tensor  # (N, E) normalised embeddings under the task's vision prompts
+    taps: Tensor  # (N, layers, Wv) the image tower's layer means
+    bare: Tensor | None  # (N, E) the frozen tower's normalised features (a zero-shot guard's input), if asked
 
 
 @torch.no_grad()
-def image_features_and_taps(model: MultiTaskCLIP, ti: int, images: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
-    """Normalised embeddings (N, E) and layer means (N, layers, Wv) of preprocessed `images` under task
-    `ti`'s vision prompts: what the service's engine computes per request (promptclip.ModelRunner)."""
+def encode_images(model: MultiTaskCLIP, ti: int, images: Tensor, bare: bool = False, chunk: int = 256) -> Encoded:
+    """Preprocessed `images` (N, 3, H, W) under task `ti`'s vision prompts, and through the bare tower
+    when `bare`: what the service's engine computes per request (promptclip.ModelRunner)."""
     runner = ModelRunner(model.encoder)
     vp = model.prompts.vision(model.tasks[ti])  # (depth, n, Wv)
-    feats, taps = [], []
+    feats, taps, plain = [], [], []
     for i in range(0, len(images), chunk):
         x = images[i:i + chunk].to(runner.device)
         f, t = runner.features(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1))
         feats.append(f.float().cpu())
         taps.append(t.float().cpu())
-    return torch.cat(feats), torch.cat(taps)  # new tensors: usable outside inference mode
+        if bare:
+            plain.append(runner.bare(x).cpu())
+    return Encoded(torch.cat(feats), torch.cat(taps), torch.cat(plain) if bare else None)  # usable outside inference
 
 
 @torch.no_grad()
@@ -80,10 +91,13 @@ class DomainDecision:
     curves: dict  # raw scores for the plots
 
 
-def decide_features(feats: Tensor, taps: Tensor, bank: DomainBank, scale: float) -> list[dict]:
-    """The service's decisions for one domain's images (promptclip.runner.decide_features), as answer dicts."""
+def decide_features(feats: Tensor, taps: Tensor, bank: DomainBank, scale: float,
+                    bare: Tensor | None = None) -> list[dict]:
+    """The service's decisions for one domain's images (promptclip.runner.decide_features), as answer dicts;
+    `bare`: the frozen tower's features, for a guarded bank."""
     banks = Banks.stack([bank], device=torch.device("cpu"))
-    return runner_decide(feats, taps, torch.zeros(len(feats), dtype=torch.long), banks, scale).answers(banks)
+    rows = torch.zeros(len(feats), dtype=torch.long)
+    return runner_decide(feats, taps, rows, banks, scale, bare=bare).answers(banks)
 
 
 def scope_sources(cfg: DecisionConfig, layers: int) -> list[str]:
@@ -96,42 +110,82 @@ def scope_sources(cfg: DecisionConfig, layers: int) -> list[str]:
 def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache: ImageCache,
                calib: list[tuple[Path, int]], shots: list[tuple[Path, int]], ood: dict[str, list[Image.Image]],
                cfg: DecisionConfig) -> DomainDecision:
-    """Fit the rule on `calib` (the scope model on `calib` + the training `shots`, cross-fitted) and
-    measure it on the test split and the OOD probe set."""
+    """Fit the rule on `calib` (the zero-shot guard's weight and Platt on `calib`, the scope model on
+    `calib` + the training `shots`, cross-fitted) and measure it on the test split and the OOD probe set."""
     scale = float(model.encoder.logit_scale)
     names, neg = mine_negatives(model, ti, tokenizer, cfg)
     labels_f = model.text_features(model.tasks[ti]).float().cpu()
+    guarding = bool(cfg.guard_weights)
     # one pass over calibration + shots: either may be empty on a small data set, not both
-    all_x, all_t = image_features_and_taps(model, ti, cache.load([p for p, _ in calib + shots], cache=False))
-    cal_x = all_x[: len(calib)]
+    enc = encode_images(model, ti, cache.load([p for p, _ in calib + shots], cache=False), bare=guarding)
+    cal_x, cal_bare = enc.feats[: len(calib)], None if enc.bare is None else enc.bare[: len(calib)]
     y = torch.tensor([li for _, li in calib], dtype=torch.long)
-    scope, cross = fit_scope(all_x, all_t, scope_sources(cfg, all_t.shape[1]), cfg.scope_combine, cfg.scope_rank)
+    guard, zero_shot = choose_guard(model, dom, tokenizer, labels_f, cal_x, cal_bare, y, cfg)
+    if not guard["weight"]:
+        zero_shot = cal_bare = None  # prompted only: serving needs no bare pass for this domain
+    scope, cross = fit_scope(enc.feats, enc.taps, scope_sources(cfg, enc.taps.shape[1]), cfg.scope_combine,
+                             cfg.scope_rank)
     unsafe = torch.tensor([lab.unsafe for lab in dom.labels])
-    bare = Banks.stack([DomainBank(labels_f, neg, None)], device=torch.device("cpu"))
-    cal_scores = score_batch(cal_x, torch.zeros(len(cal_x), dtype=torch.long), bare, scale)
+    platt_bank = Banks.stack([DomainBank(labels_f, neg, None, None, zero_shot, guard["weight"])],
+                             device=torch.device("cpu"))
+    cal_scores = score_batch(cal_x, torch.zeros(len(cal_x), dtype=torch.long), platt_bank, scale, bare=cal_bare)
     fitted = fit_rule(cal_scores, cross[: len(calib)], y, unsafe, cfg, scope_pool=cross)
     fitted.decision["scope"]["model"] = None if scope is None else scope.manifest()
     fitted.decision["scope"]["fitted_on"] = {"calibration": len(calib), "training_shots": len(shots)}
+    fitted.decision["guard"] = guard
     labels = [replace(lab, threshold=fitted.threshold, calibration=cal)
               for lab, cal in zip(dom.labels, fitted.calibrations, strict=True)]
-    rule = DecisionRule.from_manifest(labels, fitted.decision)
-    bank = DomainBank(labels_f, neg, scope, rule)
-    test_x, test_t = image_features_and_taps(model, ti, cache.load([p for p, _ in dom.test], cache=False))
+    bank = DomainBank(labels_f, neg, scope, DecisionRule.from_manifest(labels, fitted.decision), zero_shot,
+                      guard["weight"])
     test_y = torch.tensor([li for _, li in dom.test])
-    test = decide_features(test_x, test_t, bank, scale)
-    ood_dec = {kind: decide_features(*image_features_and_taps(model, ti, torch.stack([cache.preprocess(im) for im in imgs])),
-                                     bank, scale) for kind, imgs in ood.items()}
+    test = decide_images(model, ti, cache.load([p for p, _ in dom.test], cache=False), bank, scale)
+    ood_dec = {kind: decide_images(model, ti, torch.stack([cache.preprocess(im) for im in imgs]), bank, scale)
+               for kind, imgs in ood.items()}
     rates = decision_rates(test, test_y, unsafe, ood_dec)
     rates["calibration_targets_met"] = fitted.decision["targets_met"]
     rates["can_flag"] = fitted.decision["can_flag"]
+    rates["guard_weight"] = guard["weight"]
     _warn_unmet(dom.name, fitted, rates)
     tensors = {} if scope is None else scope.tensors()
     tensors.update({"calibration.features": cal_x.half().contiguous(), "calibration.labels": y.contiguous(),
                     "calibration.scope": cross[: len(calib)].float().contiguous()})
+    if cal_bare is not None:
+        tensors["calibration.bare"] = cal_bare.half().contiguous()
     return DomainDecision(labels, fitted.decision, {"template": cfg.negative_template, "names": names}, tensors,
                           rates, {"test": test, "test_y": test_y.tolist(), "ood": ood_dec, "unsafe": unsafe.tolist(),
                                   "review_threshold": fitted.decision["review_threshold"],
                                   "threshold": fitted.threshold})
+
+
+def decide_images(model: MultiTaskCLIP, ti: int, images: Tensor, bank: DomainBank, scale: float) -> list[dict]:
+    """The service's decisions for preprocessed `images` of task `ti` (a bare pass too where `bank` is guarded)."""
+    enc = encode_images(model, ti, images, bare=bank.guard > 0)
+    return decide_features(enc.feats, enc.taps, bank, scale, enc.bare)
+
+
+def choose_guard(model: MultiTaskCLIP, dom: DomainData, tokenizer, labels_f: Tensor, cal_x: Tensor, cal_bare: Tensor | None,
+                 y: Tensor, cfg: DecisionConfig) -> tuple[dict, Tensor | None]:
+    """The zero-shot guard's weight on the calibration split (`training.guard.choose_weight`, as evaluation's
+    `guarded` row chooses it) and the frozen text tower's label features; weight 0 when the guard is off."""
+    if cal_bare is None:
+        return {"weight": 0.0, "candidates": []}, None
+    from promptclip.banks import zero_shot_labels
+
+    from .guard import choose_weight
+
+    zero_shot = zero_shot_labels(model.encoder, tokenizer, [lab.prompt for lab in dom.labels], "cpu")
+    w, acc, p = choose_weight(scale_logits(cal_bare, zero_shot, model), scale_logits(cal_x, labels_f, model), y,
+                              tuple(cfg.guard_weights), cfg.guard_alpha)
+    if not acc:
+        log.warning("%s: no calibration image to choose the zero-shot guard on; the bundle predicts zero-shot",
+                    dom.name)
+    return {"weight": w, "candidates": list(cfg.guard_weights), "alpha": cfg.guard_alpha, "p_value": p,
+            "calibration_images": len(y), "calibration_accuracy": {str(k): round(v, 4) for k, v in acc.items()}}, \
+        zero_shot
+
+
+def scale_logits(feats: Tensor, labels: Tensor, model: MultiTaskCLIP) -> Tensor:
+    return float(model.encoder.logit_scale) * feats.float() @ labels.float().T
 
 
 def decision_rates(test: list[dict], y: Tensor, unsafe: Tensor, ood: dict[str, list[dict]]) -> dict:
@@ -146,8 +200,8 @@ def decision_rates(test: list[dict], y: Tensor, unsafe: Tensor, ood: dict[str, l
     uns = [d for d, u in zip(test, is_unsafe, strict=True) if u]
     caught = sum(d["flagged"] or d["needs_review"] for d in uns)
     pooled = [d for items in ood.values() for d in items]
-    correct = sum(d["labels"][int(t)]["score"] == max(lab["score"] for lab in d["labels"]) for d, t in zip(
-        test, y.tolist(), strict=True))
+    correct = sum(d["labels"][int(t)]["softmax"] == max(lab["softmax"] for lab in d["labels"]) for d, t in zip(
+        test, y.tolist(), strict=True))  # the decision's label distribution (blended under a zero-shot guard)
     acc = wilson(correct, len(test))
     in_scores = torch.tensor([d["scope_score"] for d in test], dtype=torch.float64)
     return {
@@ -199,7 +253,7 @@ def _fmt(r: dict) -> str:
 
 
 @torch.no_grad()
-def refit_with_reviews(bundle: Bundle, clip, feats: Tensor, taps: Tensor, labels: list[str | None],
+def refit_with_reviews(bundle: Bundle, clip, enc: Encoded, labels: list[str | None],
                        unsafe: list[bool], version: str) -> Bundle:
     """`bundle`'s rule refitted on its calibration split plus reviewers' verdicts, as version `version`.
 
@@ -208,9 +262,10 @@ def refit_with_reviews(bundle: Bundle, clip, feats: Tensor, taps: Tensor, labels
     and the review threshold are refitted with the targets the bundle was exported with.
 
     Args:
-        feats, taps: the reviewed images' embeddings (M, E) and layer means (M, layers, Wv) under the
-            bundle's vision prompts; labels: each verdict's label name, or None (none of the labels);
-            unsafe: each verdict's unsafe flag.
+        enc: the reviewed images' embeddings (M, E) and layer means (M, layers, Wv) under the bundle's
+            vision prompts, and their frozen-tower features (M, E) when the bundle has a zero-shot guard
+            (`training.recalibrate.features`); labels: each verdict's label name, or None (none of the
+            labels); unsafe: each verdict's unsafe flag.
     """
     from promptclip import PromptedCLIP, bundle_bank
 
@@ -226,13 +281,20 @@ def refit_with_reviews(bundle: Bundle, clip, feats: Tensor, taps: Tensor, labels
     banks = Banks.stack([bank], device=torch.device("cpu"))
     scale = float(clip.model.logit_scale.exp())
     cal_x, cal_y, cal_scope = cal
-    scope = score_batch(feats.float(), torch.zeros(len(feats), dtype=torch.long), banks, scale, taps.float()).scope
-    x = torch.cat([cal_x.float(), feats.float()])
+    plain = None  # the frozen tower's features of calibration + reviewed images, for a guarded bundle
+    if bank.guard > 0:
+        if bundle.calibration_bare() is None or enc.bare is None:
+            raise ValueError(f"{bundle.domain}@{bundle.version} has a zero-shot guard: recalibration needs the "
+                             "frozen tower's features of its calibration split and of the reviewed images")
+        plain = torch.cat([bundle.calibration_bare().float(), enc.bare.float()])
+    rows = torch.zeros(len(enc.feats), dtype=torch.long)
+    scope = score_batch(enc.feats.float(), rows, banks, scale, enc.taps.float(), enc.bare).scope
+    x = torch.cat([cal_x.float(), enc.feats.float()])
     y = torch.cat([cal_y, torch.tensor([-1 if x is None else names.index(x) for x in labels], dtype=torch.long)])
     label_unsafe = torch.tensor([lab.unsafe for lab in m.labels])
     row_unsafe = torch.cat([label_unsafe[cal_y], torch.tensor(unsafe, dtype=torch.bool)])
-    bare = Banks.stack([replace(bank, scope=None)], device=torch.device("cpu"))  # Platt's inputs; scope: above
-    scores = score_batch(x, torch.zeros(len(x), dtype=torch.long), bare, scale)
+    platt_bank = Banks.stack([replace(bank, scope=None)], device=torch.device("cpu"))  # Platt's inputs; scope: above
+    scores = score_batch(x, torch.zeros(len(x), dtype=torch.long), platt_bank, scale, bare=plain)
     targets = m.decision.get("targets", {})
     cfg = DecisionConfig(**{k: v for k, v in targets.items() if k in DecisionConfig.__dataclass_fields__},
                          scope_signals=list(m.decision.get("scope", {}).get("signals", ["layers", "final"])))
@@ -240,6 +302,8 @@ def refit_with_reviews(bundle: Bundle, clip, feats: Tensor, taps: Tensor, labels
                       row_unsafe=row_unsafe)
     decision = fitted.decision
     decision["scope"] = {**m.decision.get("scope", {})}  # the exported scope model and cut, unchanged
+    if "guard" in m.decision:
+        decision["guard"] = m.decision["guard"]  # the exported zero-shot weight, unchanged
     decision["calibration"] = {"reviews": len(labels), "from_version": bundle.version}
     new_labels = [replace(lab, threshold=fitted.threshold, calibration=c)
                   for lab, c in zip(m.labels, fitted.calibrations, strict=True)]

@@ -27,7 +27,7 @@ import numpy as np
 
 from .baselines import prototype_params, prototype_predict, random_partition
 from .config import EvalConfig
-from .guard import GUARD_WEIGHTS, guard_applies, guarded_seed
+from .guard import GUARD_ALPHA, GUARD_WEIGHTS, guard_applies, guarded_seed
 from .runtime import RunContext
 from .stats import paired_bootstrap, per_seed_diffs
 from .train import accuracy, predict, train_variant
@@ -153,7 +153,7 @@ def guard_report(rc: RunContext, groups: list[list[str]], ecfg: EvalConfig, run_
         return {d: paired_bootstrap({s: {d: a[s][d]} for s in a}, {s: {d: zs[s][d]} for s in a}, ecfg.bootstrap)
                 for d in rc.data.tasks}
 
-    out.update(weights=GUARD_WEIGHTS, choices=choices,
+    out.update(weights=GUARD_WEIGHTS, alpha=GUARD_ALPHA, choices=choices,
                paired={**paired_bootstrap(hits, correct[OURS], ecfg.bootstrap),
                        "per_seed": per_seed_diffs(hits, correct[OURS])},
                vs_zero_shot=per_domain(hits), prompted_vs_zero_shot=per_domain(correct[OURS]))
@@ -185,8 +185,9 @@ def _guard_lines(report: dict) -> list[str]:
     verdict = "every domain is" if g["within_1_point"] else "NOT every domain is"
     p = g["paired"]
     lines = ["", f"Zero-shot guard (guarded: {OURS} where, per domain, the calibration split picks the zero-shot "
-             f"weight w of the logit blend w x zero-shot + (1 - w) x prompted, w in {list(g['weights'])}; never "
-             f"test). Mean {100 * g['mean']:.1f}, {100 * p['diff']:+.1f} [{100 * p['lo']:+.1f}, {100 * p['hi']:+.1f}] "
+             f"weight w of the logit blend w x zero-shot + (1 - w) x prompted, w in {list(g['weights'])}, a w "
+             f"below the largest only if it beats it there at alpha {g.get('alpha', 1.0):g}; never test). "
+             f"The bundles `export` publishes make the same choice. Mean {100 * g['mean']:.1f}, {100 * p['diff']:+.1f} [{100 * p['lo']:+.1f}, {100 * p['hi']:+.1f}] "
              f"against {OURS}; {verdict} within 1 point of zero-shot. Test accuracy minus zero-shot (points, 95% "
              "bootstrap interval):", "",
              "| domain | w per seed | guarded | guarded - zero_shot | group_private - zero_shot |", "|---|---|---|---|---|"]

@@ -114,13 +114,13 @@ def summary_table(fitted: dict, dcfg: DecisionConfig) -> str:
     cell = _rate
 
     rows = [("domain", "can flag", f"false flags <= {dcfg.max_false_flag} shown", "review target shown",
-             "calibration images", "benign false flags", "unsafe recall", "unsafe caught")]
+             "calibration images", "zero-shot weight", "benign false flags", "unsafe recall", "unsafe caught")]
     for dom, f in fitted.items():
         d, r = f.decision, f.rates
         rows.append((dom, "yes" if d["can_flag"] else f"NO ({d['cannot_flag_reason']})",
                      "yes" if d["targets_met"]["max_false_flag"] else "no (point estimate)",
                      "yes" if d["targets_met"]["review_target"] else "no", str(d["calibration_split"]["images"]),
-                     cell(r["benign_false_flag"]), cell(r["unsafe_recall"]), cell(r["unsafe_caught"])))
+                     f"{r.get('guard_weight', 0.0):g}", cell(r["benign_false_flag"]), cell(r["unsafe_recall"]), cell(r["unsafe_caught"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
 

@@ -103,18 +103,21 @@ def decisions_markdown(out: dict[str, dict], cfg: DecisionConfig) -> str:
     lines = [f"# Decisions on the held-out test split (targets: benign false flags <= {cfg.max_false_flag}, "
              f"caught >= {cfg.review_target} within a review budget of {cfg.review_budget}, "
              f"{cfg.scope_keep:.0%} of in-domain images in scope)", "",
-             "Rates with 95% Wilson intervals. OOD: the project's probe set (every kind pooled).", "",
+             "Rates with 95% Wilson intervals. OOD: the project's probe set (every kind pooled). Zero-shot weight: "
+             "the share of frozen CLIP's prediction in the domain's label distribution, chosen on calibration "
+             "(0: prompted only).", "",
              "| domain | accuracy | false flags (benign) | recall (unsafe flagged) | caught (flag or review) | "
              "review rate | in scope | OOD flagged | OOD in scope | can flag | false-flag target shown | "
-             "review target met |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "review target met | zero-shot weight |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for dom, o in out.items():
         r = o["rates"]
         met = r["calibration_targets_met"]
         lines.append(f"| {dom} | " + " | ".join(_cell(r[k]) for k in (
             "accuracy_interval", "benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "in_scope",
             "ood_flagged", "ood_in_scope")) + " | " + " | ".join(
-            "yes" if v else "no" for v in (r["can_flag"], met["max_false_flag"], met["review_target"])) + " |")
+            "yes" if v else "no" for v in (r["can_flag"], met["max_false_flag"], met["review_target"]))
+            + f" | {r.get('guard_weight', 0.0):g} |")
     kinds = list(next(iter(out.values()))["rates"]["ood_by_kind"])
     lines += ["", "Scope score per OOD probe kind (OpenOOD's metrics: AUROC of in-domain test vs the kind, FPR at "
               "95% in-domain kept, and the flag rate at the shipped cut):", "",

@@ -124,24 +124,29 @@ def model_spec(base: dict, args):
 
 
 def features(clip, bundle, images: list[bytes], chunk: int = 64):
-    """Normalised embeddings (N, E) and layer taps of the images under the bundle's vision prompts, decoded and
-    preprocessed exactly as the service does (promptclip.images.decode_rgb, the model's preprocess)."""
+    """The images as the decision path reads them under the bundle (training.decisions.Encoded: embeddings
+    under its vision prompts, layer taps, and frozen-tower features where it has a zero-shot guard),
+    decoded and preprocessed exactly as the service does (promptclip.images.decode_rgb, the model's preprocess)."""
     import torch
 
     from promptclip import PromptedCLIP
+    from promptclip.banks import guard_weight
     from promptclip.images import decode_rgb
+    from promptclip.runner import ModelRunner
+    from training.decisions import Encoded
 
-    encoder = PromptedCLIP(clip.model)
-    device = next(clip.model.parameters()).device
-    vp = bundle.vision_prompts().to(device, encoder.dtype)  # (depth, n, Wv)
-    feats, taps = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), chunk):
-            x = torch.stack([clip.preprocess(decode_rgb(b)) for b in images[i:i + chunk]]).to(device, encoder.dtype)
-            f, t = encoder.encode_image(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1), taps=True)
-            feats.append(f.float().cpu())
-            taps.append(t.float().cpu())
-    return torch.cat(feats), torch.cat(taps)
+    runner = ModelRunner(PromptedCLIP(clip.model))
+    vp = bundle.vision_prompts().to(runner.device, runner.dtype)  # (depth, n, Wv)
+    guarded = guard_weight(bundle.manifest.decision) > 0
+    feats, taps, plain = [], [], []
+    for i in range(0, len(images), chunk):
+        x = torch.stack([clip.preprocess(decode_rgb(b)) for b in images[i:i + chunk]]).to(runner.device)
+        f, t = runner.features(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1))
+        feats.append(f.float().cpu())
+        taps.append(t.float().cpu())
+        if guarded:
+            plain.append(runner.bare(x).cpu())
+    return Encoded(torch.cat(feats), torch.cat(taps), torch.cat(plain) if guarded else None)
 
 
 def rates(answers: list[dict], verdicts: list[Verdict]) -> dict:
@@ -169,15 +174,16 @@ def print_rates(before: dict, after: dict, n: int, out=sys.stdout) -> None:
         print(f"{k:<16}{_fmt(before[k]):<26}{_fmt(after[k]):<26}", file=out)
 
 
-def decide(clip, bundle, feats, taps) -> list[dict]:
-    """The service's decisions for these features under `bundle` (promptclip.bundle_bank + decide_batch)."""
+def decide(clip, bundle, enc) -> list[dict]:
+    """The service's decisions for these encoded images under `bundle` (promptclip.bundle_bank + decide_batch)."""
     import torch
 
     from promptclip import PromptedCLIP, bundle_bank
     from training.decisions import decide_features
 
     bank, _ = bundle_bank(bundle, PromptedCLIP(clip.model), clip.tokenizer, torch.device("cpu"))
-    return decide_features(feats, taps, bank, float(clip.model.logit_scale.exp()))
+    return decide_features(enc.feats, enc.taps, bank, float(clip.model.logit_scale.exp()),
+                           enc.bare if bank.guard > 0 else None)
 
 
 def run(args) -> int:
@@ -206,12 +212,12 @@ def run(args) -> int:
     from training.decisions import refit_with_reviews
 
     clip = load_clip(model_spec(bundle.manifest.base_model, args))
-    fit_x, fit_t = features(clip, bundle, [v.image for v in fit])
-    held_x, held_t = features(clip, bundle, [v.image for v in held])
-    new = refit_with_reviews(bundle, clip, fit_x, fit_t, [v.label for v in fit], [v.unsafe for v in fit],
+    fit_enc = features(clip, bundle, [v.image for v in fit])
+    held_enc = features(clip, bundle, [v.image for v in held])
+    new = refit_with_reviews(bundle, clip, fit_enc, [v.label for v in fit], [v.unsafe for v in fit],
                              version=store.next_version(args.domain))
-    before = rates(decide(clip, bundle, held_x, held_t), held)
-    after = rates(decide(clip, new, held_x, held_t), held)
+    before = rates(decide(clip, bundle, held_enc), held)
+    after = rates(decide(clip, new, held_enc), held)
     print_rates(before, after, len(held))
     if args.dry_run:
         print(f"dry run: {args.domain} {new.version} not published")

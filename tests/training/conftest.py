@@ -30,6 +30,19 @@ def grouped(world, tiny_arch, tmp_path_factory):
     return run
 
 
+def train(world, grouped, out, *extra):
+    return main(["train", "--data", str(world), "--groups", str(grouped / "groups.json"), "--out", str(out),
+                 *FAST, *extra])
+
+
+@pytest.fixture(scope="session")
+def trained(world, grouped, tmp_path_factory):
+    """group_private trained on the tiny world with FAST settings (export tests read it, never write it)."""
+    run = tmp_path_factory.mktemp("trained")
+    assert train(world, grouped, run) == 0
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_json(tmp_path_factory):
     """The tiny config as a JSON file, for subprocesses (torchrun) that cannot see the fixture."""

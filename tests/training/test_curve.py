@@ -57,18 +57,31 @@ def _logits(right: bool, labels: torch.Tensor, scale: float = 5.0, n: int = 3) -
 
 def test_guard_picks_prompted_when_prompted_is_better_on_calibration():
     y = torch.arange(12) % 3
-    w, acc = choose_weight(_logits(False, y, scale=20.0), _logits(True, y), y)  # every blend follows zero-shot
-    assert w == 0.0 and acc[0.0] == 1.0 and acc[0.25] == 0.0 and acc[1.0] == 0.0
+    w, acc, p = choose_weight(_logits(False, y, scale=20.0), _logits(True, y), y)  # every blend follows zero-shot
+    assert w == 0.0 and acc[0.0] == 1.0 and acc[0.25] == 0.0 and acc[1.0] == 0.0 and p == 0.5 ** 12
+
+
+def test_guard_keeps_zero_shot_unless_calibration_shows_the_lead_is_not_noise():
+    """A lead of 2 discordant images of 2 (p = 0.25) is noise at alpha 0.05; 5 of 5 (p = 0.031) is not."""
+    y = torch.arange(12) % 3
+    zs = _logits(True, y, scale=20.0)
+    for lead, expect in ((2, 1.0), (5, 0.0)):
+        zs_here = zs.clone()
+        zs_here[:lead] = _logits(False, y[:lead], scale=20.0)  # zero-shot wrong on the first `lead` images
+        prompted = _logits(True, y, scale=1000.0)  # right everywhere, and dominant in every blend below 1
+        w, acc, p = choose_weight(zs_here, prompted, y)
+        assert acc[0.0] == 1.0 and acc[1.0] == 1 - lead / 12 and p == 0.5 ** lead and w == expect
+        assert choose_weight(zs_here, prompted, y, alpha=1.0)[0] == 0.0  # alpha 1: any lead
 
 
 def test_guard_picks_zero_shot_when_zero_shot_is_better_on_calibration():
     y = torch.arange(12) % 3
-    w, acc = choose_weight(_logits(True, y), _logits(False, y, scale=20.0), y)
-    assert w == 1.0 and acc[1.0] == 1.0 and acc[0.0] == 0.0
+    w, acc, p = choose_weight(_logits(True, y), _logits(False, y, scale=20.0), y)
+    assert w == 1.0 and acc[1.0] == 1.0 and acc[0.0] == 0.0 and p is None
 
 
 def test_guard_ties_go_to_zero_shot_and_no_calibration_means_zero_shot():
     y = torch.arange(6) % 3
     same = _logits(True, y)
     assert choose_weight(same, same.clone(), y)[0] == max(GUARD_WEIGHTS)
-    assert choose_weight(same[:0], same[:0], y[:0]) == (max(GUARD_WEIGHTS), {})
+    assert choose_weight(same[:0], same[:0], y[:0]) == (max(GUARD_WEIGHTS), {}, None)

@@ -50,7 +50,7 @@ def test_twelve_images_per_label_flag_with_wide_intervals(world12, tmp_path, cap
             assert m.decision["cannot_flag_reason"] and f"{domain}" in caplog.text
         assert rates["accuracy_interval"]["n"] == m.metrics["n_test"]
     md = (tmp_path / "run" / "decisions.md").read_text()
-    assert "| can flag | false-flag target shown | review target met |" in md
+    assert "| can flag | false-flag target shown | review target met | zero-shot weight |" in md
     assert "nan" not in md.lower()
 
 

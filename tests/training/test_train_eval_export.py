@@ -15,7 +15,7 @@ from promptclip import ModelSpec, PromptStore, load_bundle, load_clip
 from training import main
 from training.calibrate import allowed_false_flags, conformal_lower_cut, fit_platt, upper_cut, wilson
 
-from .conftest import DOMAINS, FAST
+from .conftest import DOMAINS, FAST, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,16 +24,6 @@ def prompts_of(run, variant="group_private", seed=0):
     return torch.load(Path(run) / "models" / f"{variant}-s{seed}" / "final.pt", weights_only=False)["prompts"]
 
 
-def train(world, grouped, out, *extra):
-    return main(["train", "--data", str(world), "--groups", str(grouped / "groups.json"), "--out", str(out),
-                 *FAST, *extra])
-
-
-@pytest.fixture(scope="module")
-def trained(world, grouped, tmp_path_factory):
-    run = tmp_path_factory.mktemp("trained")
-    assert train(world, grouped, run) == 0
-    return run
 
 
 def test_train_updates_group_and_private_prompts(trained, grouped):
