@@ -17,6 +17,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 
 from fastapi import FastAPI, Request, Response
@@ -34,10 +35,31 @@ log = logging.getLogger("service.frontend")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer"}
 
 
+class ReadyMarks:
+    """Readiness across the front ends: each marks itself ready in a folder of the runtime directory,
+    and a front end's /readyz is 200 only while all `n` are marked. A request sent after a 200 then
+    lands on a ready front end, whichever one the kernel picks (SO_REUSEPORT)."""
+
+    def __init__(self, folder: Path, n: int):
+        self.folder, self.n = folder, n
+        self.mine = folder / str(os.getpid())
+        folder.mkdir(exist_ok=True)
+
+    def mark(self, ready: bool) -> None:
+        if ready:
+            self.mine.touch()
+        else:
+            self.mine.unlink(missing_ok=True)
+
+    def all_ready(self) -> bool:
+        return sum(1 for _ in self.folder.iterdir()) >= self.n
+
+
 def create_frontend_app(settings: Settings, ipc_dir: str, engine_pid: int | None) -> FastAPI:
-    state = ServiceState(settings=settings, metrics=ServiceMetrics())
+    marks = ReadyMarks(Path(ipc_dir) / "ready", settings.resolved_workers())
+    state = ServiceState(settings=settings, metrics=ServiceMetrics(), siblings_ready=marks.all_ready)
     client = EngineClient(ipc_dir, engine_pid, timeout_s=settings.request_timeout_s + 5.0,
-                          on_status=lambda ready: _set_ready(state, client, ready))
+                          on_status=lambda ready: _set_ready(state, client, marks, ready))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,6 +68,7 @@ def create_frontend_app(settings: Settings, ipc_dir: str, engine_pid: int | None
             yield
         finally:
             state.draining, state.ready = True, False
+            marks.mark(False)
             await client.close()
 
     app = FastAPI(title="Content moderation API (front end)", lifespan=lifespan, openapi_url=None, docs_url=None,
@@ -74,10 +97,11 @@ def create_frontend_app(settings: Settings, ipc_dir: str, engine_pid: int | None
     return app
 
 
-def _set_ready(state: ServiceState, client: EngineClient, ready: bool) -> None:
+def _set_ready(state: ServiceState, client: EngineClient, marks: ReadyMarks, ready: bool) -> None:
     if ready:
         state.backend = client
     state.ready = ready and not state.draining
+    marks.mark(state.ready)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

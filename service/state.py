@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, Request
@@ -51,6 +52,7 @@ class ServiceState:
     backend: Backend | None = None  # set once the engine can take requests
     ready: bool = False  # model + bundles loaded and warmed up
     draining: bool = False  # SIGTERM received: /readyz 503, in-flight work finishing
+    siblings_ready: Callable[[], bool] = lambda: True  # a front end: are all the front ends ready?
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property

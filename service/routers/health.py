@@ -20,7 +20,7 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state.service
     n = len(state.backend.view().domains) if state.backend is not None else 0
-    reason = ("draining" if state.draining else "starting" if not state.ready
+    reason = ("draining" if state.draining else "starting" if not (state.ready and state.siblings_ready())
               else "no bundle loaded from the store" if n == 0 else None)
     if reason:
         request.state.error_code = "not_ready"
