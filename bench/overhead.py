@@ -12,7 +12,8 @@ window it reads the CPU time (user + system) of the server and every process und
 In this process, with one torch thread, it then measures what the server cannot avoid:
 
 * the model: the prompted image tower with layer taps, at the mean batch size the server ran
-  (read from its /metrics), per image;
+  (read from its /metrics), plus the frozen tower's bare pass over the rows whose domain has a
+  zero-shot guard (as the engine runs it), per image;
 * the decode: PIL decode + the model's preprocess of the same JPEGs, per image.
 
 `overhead = server CPU per image - model - decode`: HTTP, parsing, hand-offs between threads
@@ -122,9 +123,10 @@ def measure_phase(url: str, pid: int, port: int, jpeg_dir: Path, domains: list[s
 
 
 def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) -> tuple[float, float]:
-    """CPU µs per image of the prompted tower (taps on, mixed domains, `batch` a forward) and of the decode,
-    each the median of 5 runs of about `seconds` / 5."""
+    """CPU µs per image of the model (the prompted tower, taps on, mixed domains, `batch` a forward, and the
+    bare pass over the guarded domains' rows) and of the decode, each the median of 5 runs of about `seconds` / 5."""
     from promptclip import ModelSpec, PromptedCLIP, PromptStore, load_clip
+    from promptclip.banks import guard_weight
     from promptclip.images import decode_rgb
 
     clip = load_clip(ModelSpec(device="cpu"))
@@ -135,6 +137,13 @@ def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) ->
     rows = torch.arange(batch) % len(bundles)
     prompts = torch.stack([b.vision_prompts() for b in bundles])[rows]
     images = torch.stack([pixels[i % len(pixels)] for i in range(batch)])
+    guarded = torch.tensor([guard_weight(bundles[r].manifest.decision) > 0 for r in rows.tolist()])
+    bare_images = images[guarded]
+
+    def forward() -> None:
+        enc.encode_image(images, prompts, taps=True)
+        if len(bare_images):
+            clip.model.encode_image(bare_images, normalize=True)
 
     def per_image(fn, n_images: int) -> float:
         runs = []
@@ -147,8 +156,8 @@ def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) ->
         return statistics.median(runs)
 
     with torch.inference_mode():
-        enc.encode_image(images, prompts, taps=True)  # warm-up
-        model_us = per_image(lambda: enc.encode_image(images, prompts, taps=True), batch)
+        forward()  # warm-up
+        model_us = per_image(forward, batch)
     decode_us = per_image(lambda: [clip.preprocess(decode_rgb(b)) for b in jpegs[:16]], 16)
     return model_us, decode_us
 

@@ -10,6 +10,7 @@ the OOD probe set, decided by the same `promptclip.decisions` code the service r
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -49,20 +50,25 @@ class Encoded(NamedTuple):
 
 
 @torch.no_grad()
-def encode_images(model: MultiTaskCLIP, ti: int, images: Tensor, bare: bool = False, chunk: int = 256) -> Encoded:
-    """Preprocessed `images` (N, 3, H, W) under task `ti`'s vision prompts, and through the bare tower
-    when `bare`: what the service's engine computes per request (promptclip.ModelRunner)."""
-    runner = ModelRunner(model.encoder)
-    vp = model.prompts.vision(model.tasks[ti])  # (depth, n, Wv)
-    feats, taps, plain = [], [], []
-    for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].to(runner.device)
+def encode_chunks(runner: ModelRunner, vp: Tensor, chunks: Iterable[Tensor], bare_first: int = 0) -> Encoded:
+    """Preprocessed image chunks (each (n, 3, H, W)) under vision prompts `vp` (depth, n, Wv), and the first
+    `bare_first` images through the bare tower too: what the service's engine computes per request."""
+    feats, taps, plain, seen = [], [], [], 0
+    for x in chunks:
+        x = x.to(runner.device)
         f, t = runner.features(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1))
         feats.append(f.float().cpu())
         taps.append(t.float().cpu())
-        if bare:
-            plain.append(runner.bare(x).cpu())
-    return Encoded(torch.cat(feats), torch.cat(taps), torch.cat(plain) if bare else None)  # usable outside inference
+        if seen < bare_first:
+            plain.append(runner.bare(x[: bare_first - seen]).cpu())
+        seen += len(x)
+    return Encoded(torch.cat(feats), torch.cat(taps), torch.cat(plain) if plain else None)  # usable outside inference
+
+
+def encode_images(model: MultiTaskCLIP, ti: int, images: Tensor, bare_first: int = 0, chunk: int = 256) -> Encoded:
+    """Preprocessed `images` (N, 3, H, W) under task `ti`'s vision prompts (encode_chunks)."""
+    chunks = (images[i:i + chunk] for i in range(0, len(images), chunk))
+    return encode_chunks(ModelRunner(model.encoder), model.prompts.vision(model.tasks[ti]), chunks, bare_first)
 
 
 @torch.no_grad()
@@ -116,9 +122,11 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
     names, neg = mine_negatives(model, ti, tokenizer, cfg)
     labels_f = model.text_features(model.tasks[ti]).float().cpu()
     guarding = bool(cfg.guard_weights)
-    # one pass over calibration + shots: either may be empty on a small data set, not both
-    enc = encode_images(model, ti, cache.load([p for p, _ in calib + shots], cache=False), bare=guarding)
-    cal_x, cal_bare = enc.feats[: len(calib)], None if enc.bare is None else enc.bare[: len(calib)]
+    # one pass over calibration + shots (either may be empty on a small data set, not both); the bare
+    # tower over the calibration images only, for the guard
+    enc = encode_images(model, ti, cache.load([p for p, _ in calib + shots], cache=False),
+                        bare_first=len(calib) if guarding else 0)
+    cal_x, cal_bare = enc.feats[: len(calib)], enc.bare
     y = torch.tensor([li for _, li in calib], dtype=torch.long)
     guard, zero_shot = choose_guard(model, dom, tokenizer, labels_f, cal_x, cal_bare, y, cfg)
     if not guard["weight"]:
@@ -159,7 +167,7 @@ def fit_domain(model: MultiTaskCLIP, ti: int, dom: DomainData, tokenizer, cache:
 
 def decide_images(model: MultiTaskCLIP, ti: int, images: Tensor, bank: DomainBank, scale: float) -> list[dict]:
     """The service's decisions for preprocessed `images` of task `ti` (a bare pass too where `bank` is guarded)."""
-    enc = encode_images(model, ti, images, bare=bank.guard > 0)
+    enc = encode_images(model, ti, images, bare_first=len(images) if bank.guard > 0 else 0)
     return decide_features(enc.feats, enc.taps, bank, scale, enc.bare)
 
 

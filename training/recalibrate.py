@@ -133,20 +133,13 @@ def features(clip, bundle, images: list[bytes], chunk: int = 64):
     from promptclip.banks import guard_weight
     from promptclip.images import decode_rgb
     from promptclip.runner import ModelRunner
-    from training.decisions import Encoded
+    from training.decisions import encode_chunks
 
     runner = ModelRunner(PromptedCLIP(clip.model))
     vp = bundle.vision_prompts().to(runner.device, runner.dtype)  # (depth, n, Wv)
-    guarded = guard_weight(bundle.manifest.decision) > 0
-    feats, taps, plain = [], [], []
-    for i in range(0, len(images), chunk):
-        x = torch.stack([clip.preprocess(decode_rgb(b)) for b in images[i:i + chunk]]).to(runner.device)
-        f, t = runner.features(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1))
-        feats.append(f.float().cpu())
-        taps.append(t.float().cpu())
-        if guarded:
-            plain.append(runner.bare(x).cpu())
-    return Encoded(torch.cat(feats), torch.cat(taps), torch.cat(plain) if guarded else None)
+    chunks = (torch.stack([clip.preprocess(decode_rgb(b)) for b in images[i:i + chunk]])
+              for i in range(0, len(images), chunk))
+    return encode_chunks(runner, vp, chunks, len(images) if guard_weight(bundle.manifest.decision) > 0 else 0)
 
 
 def rates(answers: list[dict], verdicts: list[Verdict]) -> dict:
