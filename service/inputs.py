@@ -20,9 +20,11 @@ from starlette.datastructures import FormData, UploadFile
 
 from .errors import ApiError, validation_error
 from .items import lookup  # noqa: F401  (re-exported for the admin routes)
+from .multipart import parse_form
 
 MULTIPART, JSON, IMAGE = "multipart/form-data", "application/json", "image/*"
 _OVERHEAD = 64 * 1024  # multipart boundaries and headers, JSON keys and domains
+FAST_FORM_BYTES = 4 * 1024 * 1024  # multipart bodies up to this are read whole (service.multipart); larger stream
 
 
 def content_kind(request: Request, raw_image: bool = False) -> str:
@@ -97,7 +99,16 @@ def _capped(request: Request, limit: int) -> Request:
 
 
 async def read_form(request: Request, limit: int, max_files: int, timeout_s: float) -> FormData:
+    """The multipart form; a body of known length up to FAST_FORM_BYTES is read whole and split by
+    service.multipart when it is of the common shape, any other by Starlette's streaming parser."""
     check_content_length(request, limit)
+    n = request.headers.get("content-length", "")
+    if n.isdigit() and int(n) <= FAST_FORM_BYTES:
+        body = await read_body(request, limit, timeout_s)
+        form = parse_form(request.headers.get("content-type", ""), body, max_files + 1, max_files + 16)
+        if form is not None:
+            return form
+        request = _replayed(request, body)
     try:
         form = _capped(request, limit).form(max_files=max_files + 1, max_fields=max_files + 16)
         return await asyncio.wait_for(form, timeout_s)
@@ -110,6 +121,14 @@ async def read_form(request: Request, limit: int, max_files: int, timeout_s: flo
         if "Too many files" in str(detail):
             raise ApiError(413, "too_many_items", f"too many files; the limit is {max_files}") from None
         raise ApiError(400, "malformed_multipart", f"could not parse the multipart body: {detail}") from None
+
+
+def _replayed(request: Request, body: bytes) -> Request:
+    """The same request, its body (already read) delivered again in one message."""
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
 
 
 async def read_upload(file: Any, field: str, max_bytes: int) -> bytes:
