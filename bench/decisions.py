@@ -5,6 +5,8 @@
 For a mixed-domain micro-batch of the demo's seven domains, measured interleaved in one run:
 
 * ``encode``: the prompted image tower with layer taps (what the engine runs);
+* ``bare``: the frozen tower over the rows whose domain has a zero-shot guard (the engine runs it
+  beside the prompted pass);
 * ``score``: `score_batch` with the fitted scope models (labels, negatives, every Gaussian signal);
 * ``score_no_scope``: the same banks without scope models;
 * ``decide``: `decide_batch` over the padded rule tensors;
@@ -53,15 +55,19 @@ def fixtures(device: str, batch: int):
 
 
 def measure(device: str, batch: int, reps: int) -> dict:
-    enc, banks, bare, rows, prompts, images, scale = fixtures(device, batch)
+    enc, banks, no_scope, rows, prompts, images, scale = fixtures(device, batch)
+    guarded = torch.tensor([banks.guarded(r) for r in rows.tolist()], device=device)
     with torch.inference_mode():
         feats, taps = enc.encode_image(images, prompts, taps=True)
-        scores = score_batch(feats, rows, banks, scale, taps)
+        plain = torch.zeros(batch, feats.shape[1], device=device)
+        plain[guarded] = enc.clip.encode_image(images[guarded], normalize=True).float()
+        scores = score_batch(feats, rows, banks, scale, taps, plain)
         decided = decide_batch(scores, rows, banks)
         fns = {
             "encode": lambda: enc.encode_image(images, prompts, taps=True),
-            "score": lambda: score_batch(feats, rows, banks, scale, taps),
-            "score_no_scope": lambda: score_batch(feats, rows, bare, scale),
+            "bare": lambda: enc.clip.encode_image(images[guarded], normalize=True),
+            "score": lambda: score_batch(feats, rows, banks, scale, taps, plain),
+            "score_no_scope": lambda: score_batch(feats, rows, no_scope, scale, bare=plain),
             "decide": lambda: decide_batch(scores, rows, banks),
             "answers": lambda: decided.answers(banks),
         }

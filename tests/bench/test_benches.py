@@ -69,3 +69,14 @@ def test_service_bench_drives_the_real_server(tmp_path, capsys):
     assert all(v["errors"] == 0 and v["requests"] > 0 for v in r["http"].values())
     assert r["service_over_prompted"] == pytest.approx(r["service_img_s"] / r["prompted_img_s"])
     assert r["p50_ms_c1"] > 0 and r["encoder_includes_decode"] is False
+
+
+def test_decisions_bench_runs_on_the_shipped_bundles(capsys):
+    """Guarded demo domains included: the bench feeds score_batch the bare pass they need."""
+    from bench.decisions import main as decisions_main
+
+    assert decisions_main(["--batch", "3", "--reps", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    steps = out["results"][0]["us_per_image"]
+    assert set(steps) == {"encode", "bare", "score", "score_no_scope", "decide", "answers"}
+    assert all(v > 0 for v in steps.values()), steps
