@@ -25,10 +25,11 @@ import numpy as np
 from scipy import stats
 from tqdm import tqdm
 
-from .cli import Context, do_group, read_config, read_groups
+from .cli_options import read_config
 from .config import EvalConfig, GroupConfig, SynthConfig, to_dict
 from .evaluate import OURS, evaluate
 from .partition import same_partition
+from .steps import Context, do_group, read_groups
 
 log = logging.getLogger(__name__)
 GUARDED = "guarded"

@@ -14,8 +14,8 @@ domain's decision rule (DESIGN §13).
 Too few verdicts for that (fewer than `--min-reviews`, or no unsafe or no benign verdict on either
 side of the split): one line, exit status 2, nothing published.
 
-Importing this module imports no torch: `--help` stays fast, and training.cli wires it by calling
-`add_arguments(parser)` and `run(args)`.
+Importing this module imports no torch: `--help` stays fast, and the CLI wires it by calling
+`add_arguments(parser)` (training.cli_parser) and `run(args)` (training.commands).
 """
 
 from __future__ import annotations

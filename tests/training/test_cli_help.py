@@ -4,6 +4,7 @@ knobs grouped apart, no developer notes; the recalibrate hook; rollback of an un
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -15,10 +16,11 @@ import pytest
 
 from tests.service.serving import REPO
 from training import cli
+from training.cli_options import RECALIBRATE, recalibrate_module
 from training.config import DecisionConfig
 
 COMMANDS = ["fit", "synth", "group", "train", "evaluate", "export", "rollback", "router", "label", "pretrain-tiny",
-            "demo"] + (["recalibrate"] if cli._recalibrate_module() is not None else [])
+            "demo"] + (["recalibrate"] if recalibrate_module() is not None else [])
 PROBE = ("import runpy, sys; sys.argv = ['training', *sys.argv[1:]]\n"
          "try:\n    runpy.run_module('training', run_name='__main__', alter_sys=True)\n"
          "except SystemExit as e:\n    code = e.code\n"
@@ -63,17 +65,17 @@ def test_operator_options_come_before_the_advanced_groups(command):
 
 def test_recalibrate_runs_the_module_when_it_exists(monkeypatch):
     calls = []
-    fake = types.ModuleType(cli.RECALIBRATE)
-    fake.__spec__ = importlib.machinery.ModuleSpec(cli.RECALIBRATE, loader=None)
+    fake = types.ModuleType(RECALIBRATE)
+    fake.__spec__ = importlib.machinery.ModuleSpec(RECALIBRATE, loader=None)
     fake.add_arguments = lambda p: p.add_argument("--reviews", required=True, help="review store URL")
     fake.run = lambda args: calls.append(args.reviews) or 7
-    monkeypatch.setitem(sys.modules, cli.RECALIBRATE, fake)
+    monkeypatch.setitem(sys.modules, RECALIBRATE, fake)
     assert "recalibrate" in cli.build_parser().format_help()
     assert cli.main(["recalibrate", "--reviews", "sqlite:///r.db"]) == 7 and calls == ["sqlite:///r.db"]
 
 
 def test_without_the_module_there_is_no_recalibrate_command(monkeypatch):
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert "recalibrate" not in cli.build_parser().format_help()
 
 
