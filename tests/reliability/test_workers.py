@@ -93,12 +93,21 @@ def test_two_front_ends_answer_every_route_and_hold_no_torch(workers_env, rel_mo
         assert 'route="/domains"' in metrics and 'route="/classify"' in metrics
 
 
-def _hold_one_front_end(seen: list[int], url: str, stop: threading.Event) -> None:
-    """Freeze one front end (SIGSTOP) as soon as it exists, poll /readyz on fresh connections for a
-    second after its sibling reports ready, then let it go (SIGCONT). `seen`: the statuses answered."""
+def _serves_port(pid: int, port: int) -> bool:
+    try:
+        return f"MODERATION_PORT={port}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def _hold_one_front_end(seen: list[int], port: int, stop: threading.Event) -> None:
+    """Freeze one front end of the server on `port` (SIGSTOP) as soon as it exists, poll /readyz on fresh
+    connections for a second after its sibling reports ready, then let it go (SIGCONT). `seen`: the
+    statuses answered."""
+    url = f"http://127.0.0.1:{port}"
     fronts: list[int] = []
     while len(fronts) < 2 and not stop.is_set():
-        services = [p for p, cmd in children(os.getpid()).items() if "-m service" in cmd]
+        services = [p for p, cmd in children(os.getpid()).items() if "-m service" in cmd and _serves_port(p, port)]
         fronts = [p for s in services for p, cmd in children(s).items() if "service.frontend" in cmd]
     held, other = fronts[0], fronts[1:]
     os.kill(held, signal.SIGSTOP)
@@ -124,7 +133,7 @@ def test_readyz_is_200_only_once_every_front_end_is_ready(workers_env):
     service's: while one front end is held before it is ready, /readyz never answers 200."""
     _, env = workers_env
     port, seen, stop = free_port(), [], threading.Event()
-    holder = threading.Thread(target=_hold_one_front_end, args=(seen, f"http://127.0.0.1:{port}", stop))
+    holder = threading.Thread(target=_hold_one_front_end, args=(seen, port, stop))
     holder.start()
     try:
         with running_server({**env, "MODERATION_PORT": str(port)}, port=port) as srv, srv.client() as c:
