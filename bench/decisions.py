@@ -18,6 +18,7 @@ Prints microseconds per image and each step's share of the encoder, then one JSO
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from dataclasses import replace
@@ -36,6 +37,7 @@ from promptclip import (
     load_clip,
     score_batch,
 )
+from promptclip.runner import ModelRunner
 
 STORE = Path(__file__).resolve().parents[1] / "prompts_store"
 
@@ -57,15 +59,16 @@ def fixtures(device: str, batch: int):
 def measure(device: str, batch: int, reps: int) -> dict:
     enc, banks, no_scope, rows, prompts, images, scale = fixtures(device, batch)
     guarded = torch.tensor([banks.guarded(r) for r in rows.tolist()], device=device)
+    bare_pass = functools.partial(ModelRunner(enc).bare, images[guarded])  # the engine's bare pass
     with torch.inference_mode():
         feats, taps = enc.encode_image(images, prompts, taps=True)
         plain = torch.zeros(batch, feats.shape[1], device=device)
-        plain[guarded] = enc.clip.encode_image(images[guarded], normalize=True).float()
+        plain[guarded] = bare_pass()
         scores = score_batch(feats, rows, banks, scale, taps, plain)
         decided = decide_batch(scores, rows, banks)
         fns = {
             "encode": lambda: enc.encode_image(images, prompts, taps=True),
-            "bare": lambda: enc.clip.encode_image(images[guarded], normalize=True),
+            "bare": bare_pass,
             "score": lambda: score_batch(feats, rows, banks, scale, taps, plain),
             "score_no_scope": lambda: score_batch(feats, rows, no_scope, scale, bare=plain),
             "decide": lambda: decide_batch(scores, rows, banks),

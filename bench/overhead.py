@@ -128,9 +128,11 @@ def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) ->
     from promptclip import ModelSpec, PromptedCLIP, PromptStore, load_clip
     from promptclip.banks import guard_weight
     from promptclip.images import decode_rgb
+    from promptclip.runner import ModelRunner
 
     clip = load_clip(ModelSpec(device="cpu"))
     enc = PromptedCLIP(clip.model)
+    runner = ModelRunner(enc)
     store = PromptStore(STORE)
     bundles = [store.load_current(d, clip.info) for d in store.domains() if not d.startswith("_")]
     pixels = [clip.preprocess(decode_rgb(b)) for b in jpegs]
@@ -143,7 +145,7 @@ def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) ->
     def forward() -> None:
         enc.encode_image(images, prompts, taps=True)
         if len(bare_images):
-            clip.model.encode_image(bare_images, normalize=True)
+            runner.bare(bare_images)  # as the engine runs it
 
     def per_image(fn, n_images: int) -> float:
         runs = []
