@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,7 +73,7 @@ class OutputDir:
         if self.path.exists() and any(self.path.iterdir()):
             raise ValueError(f"{self.path} exists and is not a backlog output (no {RUN_FILE}); pass a new --out")
         self.path.mkdir(parents=True, exist_ok=True)
-        run = {**run, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        run = {**run, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
         _atomic_write(described, json.dumps(run, indent=2).encode())
 
     def done(self) -> set[int]:

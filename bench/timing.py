@@ -13,7 +13,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
@@ -82,7 +82,7 @@ def median_ratio(num: list[float], den: list[float]) -> float:
 def machine() -> dict:
     """What the numbers were measured on, for RESULTS.md."""
     info = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ def save_bundle(bundle: Bundle, path: Path | str) -> Path:
     check_task_name(bundle.domain)
     m = bundle.manifest
     m.sha256 = tensor_sha256(bundle.tensors)
-    m.created_at = m.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    m.created_at = m.created_at or datetime.now(UTC).isoformat(timespec="seconds")
     save_file({k: v.contiguous() for k, v in bundle.tensors.items()}, str(path), metadata={"bundle": m.to_json()})
     return path
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
@@ -54,7 +54,7 @@ def check_label(label: Label) -> Label:
 def _edited(bundle: Bundle, labels: list[Label], tensors: dict, version: str, edit: dict) -> Bundle:
     m = copy.deepcopy(bundle.manifest)
     m.version, m.labels, m.created_at, m.sha256 = version, labels, "", ""
-    edit = {**edit, "from_version": bundle.version, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    edit = {**edit, "from_version": bundle.version, "at": datetime.now(UTC).isoformat(timespec="seconds")}
     # the held-out rates were measured with the labels of the trained version, not these
     m.metrics = {**m.metrics, "label_edits": [*m.metrics.get("label_edits", []), edit]}
     return Bundle(m, stored_form(tensors))

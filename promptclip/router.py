@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ def make_router(tensors: dict[str, Tensor], domains: list[str], base: BaseModelI
 def save_router(router: DomainRouter, path: Path | str) -> Path:
     m = router.manifest
     m.sha256 = tensor_sha256(router.tensors)
-    m.created_at = m.created_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    m.created_at = m.created_at or datetime.now(UTC).isoformat(timespec="seconds")
     save_file(dict(router.tensors), str(path), metadata={"router": json.dumps(asdict(m), sort_keys=True)})
     return Path(path)
 

@@ -106,8 +106,9 @@ class ImageDecoder:
         self.pending += room
         try:
             jobs = [loop.run_in_executor(self.pool, self._decode_all, c) for c in chunks]
-            done = await asyncio.wait_for(asyncio.gather(*jobs), timeout)  # decodes not started yet are cancelled
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # decodes not started yet are cancelled
+                done = [await jobs[0]] if parts == 1 else await asyncio.gather(*jobs)
+        except TimeoutError:
             return [timeout_error(self.timeout_s or 0)] * len(datas)
         finally:
             self.pending -= room

@@ -174,8 +174,9 @@ class BatchingEngine:
                 answers.set(i, QueueFull(self.retry_after_s))
         self.in_flight += queued
         try:
-            return await asyncio.wait_for(answers.future, timeout)  # cancels it on timeout: the batcher skips
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # cancels the future on timeout: the batcher skips its jobs
+                return await answers.future
+        except TimeoutError:
             raise timeout_error(self.timeout_s) from None
         finally:
             self.in_flight -= queued
@@ -194,8 +195,9 @@ class BatchingEngine:
             if len(batch) >= self.max_batch or remaining <= 0 or self.arriving() <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(q.get(), remaining))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(remaining):
+                    batch.append(await q.get())
+            except TimeoutError:
                 break
         return batch
 

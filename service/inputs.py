@@ -75,8 +75,9 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             chunks.append(chunk)
 
     try:
-        await asyncio.wait_for(receive(), timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):  # a timer on this task, not a task per read (wait_for)
+            await receive()
+    except TimeoutError:
         raise _body_timeout(timeout_s) from None
     return b"".join(chunks)
 
@@ -110,9 +111,9 @@ async def read_form(request: Request, limit: int, max_files: int, timeout_s: flo
             return form
         request = _replayed(request, body)
     try:
-        form = _capped(request, limit).form(max_files=max_files + 1, max_fields=max_files + 16)
-        return await asyncio.wait_for(form, timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):
+            return await _capped(request, limit).form(max_files=max_files + 1, max_fields=max_files + 16)
+    except TimeoutError:
         raise _body_timeout(timeout_s) from None
     except ApiError:
         raise

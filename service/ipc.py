@@ -167,8 +167,9 @@ class EngineClient:
         self._pending[rid] = fut
         try:
             await self._req.send_multipart([pack({"id": rid, **header}), *blobs], copy=False)
-            reply, frames = await asyncio.wait_for(fut, self.timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.timeout_s):
+                reply, frames = await fut
+        except TimeoutError:
             raise timeout_error(self.timeout_s) from None
         finally:
             self._pending.pop(rid, None)
@@ -189,7 +190,7 @@ class EngineClient:
         while True:
             try:
                 msg = unpack(await asyncio.wait_for(self._sub.recv(), STATUS_TIMEOUT_S))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if self.ready or self._pending:
                     log.error("no status from the engine for %.1f s", STATUS_TIMEOUT_S)
                     self._engine_lost()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,7 @@ class BundleRegistry:
             labels=tuple(LabelInfo(lab.name, lab.prompt, bool(lab.unsafe), float(lab.threshold), lab.openai_category)
                          for lab in m.labels),
             metrics=dict(m.metrics), sha256=m.sha256, created_at=m.created_at,
-            loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
             prompt=dict(m.prompt), shape=(int(vision.shape[0]), int(n)), vision=vision,
             bank=bank, rule=rule, decision=dict(m.decision),
         )

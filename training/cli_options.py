@@ -20,7 +20,7 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDesc
 
 
 # Config fields an operator sets, shown in the first group; every other field is a research knob.
-OPERATOR_FIELDS = {"model", "pretrained", "device", "threads", "seed", "seeds", "per_class", "size", "shots",
+OPERATOR_FIELDS = {"model", "pretrained", "device", "threads", "jobs", "seed", "seeds", "per_class", "size", "shots",
                    "val_frac", "max_false_flag", "review_target", "review_budget", "scope_keep", "allow_unflaggable",
                    "version", "router_version", "min_confidence"}
 # Advanced group titles per config dataclass.

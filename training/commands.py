@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from .cli_options import read_config, recalibrate_module
-from .config import PretrainConfig, SynthConfig
-from .steps import Context, do_evaluate, do_export, do_group, do_router, do_train, read_groups
+from .config import EvalConfig, PretrainConfig, SynthConfig
+from .steps import Context, do_evaluate, do_export, do_group, do_router, do_train, read_groups, train_all
 
 
 def cmd_synth(ns) -> int:
@@ -76,6 +76,7 @@ def cmd_fit(ns) -> int:
     run = ns.out
     res = do_group(ctx, ns, run)
     groups = res["groups"]
+    train_all(ctx, ns, run, groups, read_config(ns, EvalConfig), extra_seeds=(ctx.train.seed,))
     do_train(ctx, run, groups)
     rep = do_evaluate(ctx, ns, run, groups)
     out = do_export(ctx, ns, run, ns.store, ctx.train.seed)

@@ -111,6 +111,8 @@ class EvalConfig:
                          nargs="+")
     random_draws: int = opt(1, "random partitions per training seed for random_groups (draws differ across seeds)")
     bootstrap: int = opt(2000, "bootstrap resamples (seeds x test images) for the paired 95 percent intervals")
+    jobs: int = opt(0, "training runs at once, each in its own process with --threads threads (0: one per CPU "
+                       "core the threads leave free; 1: one after another); the runs are the same either way")
 
 
 SCOPE_SIGNALS = ("layers", "final", "neglabel")

@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from .cli_options import read_config
 from .config import EvalConfig, GroupConfig, SynthConfig, to_dict
-from .evaluate import OURS, evaluate
+from .evaluate import OURS
 from .partition import same_partition
-from .steps import Context, do_group, read_groups
+from .steps import Context, do_evaluate, do_group, read_groups
 
 log = logging.getLogger(__name__)
 GUARDED = "guarded"
@@ -84,7 +84,7 @@ def run_cell(ctx: Context, ns: argparse.Namespace, seed: int, shots: int) -> dic
     ctx.split = replace(ctx.split, shots=shots)
     groups = cell_groups(ctx, ns, run)
     ecfg = read_config(ns, EvalConfig, seeds=ns.train_seeds)
-    rep = evaluate(ctx.run_context, groups, ecfg, run)
+    rep = do_evaluate(ctx, ns, run, groups, ecfg)
     planted = json.loads((ctx.data_dir / "planted_groups.json").read_text())["groups"]
     planted = [[t for t in g if t in ctx.data.tasks] for g in planted]
     rows = {**rep["variants"], **({GUARDED: rep["guarded"]} if rep.get("guarded") else {})}

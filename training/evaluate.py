@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .baselines import prototype_params, prototype_predict, random_partition
+from .baselines import prototype_params, prototype_predict
 from .config import EvalConfig
 from .guard import GUARD_ALPHA, GUARD_WEIGHTS, guard_applies, guarded_seed
+from .parallel import variant_runs
 from .runtime import RunContext
 from .stats import paired_bootstrap, per_seed_diffs
 from .train import accuracy, predict, train_variant
@@ -57,17 +58,17 @@ def run_variant(rc: RunContext, variant: str, groups: list[list[str]], ecfg: Eva
         return accuracy(preds), _correct(preds), prototype_params(rc), []
     if variant == "random_groups":
         accs, corrects, parts, params = [], [], [], 0
-        for draw in range(ecfg.random_draws):
-            part = random_partition(rc.data.tasks, groups, seed, draw)
-            model = train_variant(rc, variant, part, run_dir / "models" / f"random_groups-s{seed}-d{draw}")
+        for r in variant_runs(variant, rc.data.tasks, groups, seed, ecfg.random_draws, run_dir):
+            model = train_variant(rc, variant, r.groups, r.out_dir)
             preds = predict(model, rc.cache, rc.data, "test", keep=keep)
             accs.append(accuracy(preds))
             corrects.append(_correct(preds))
-            parts.append(part)
+            parts.append(r.groups)
             params = model.prompts.num_trainable()
         acc = {d: statistics.mean(a[d] for a in accs) for d in accs[0]}
         return acc, {d: np.mean([c[d] for c in corrects], 0) for d in acc}, params, parts
-    model = train_variant(rc, variant, groups, run_dir / "models" / f"{variant}-s{seed}")
+    (r,) = variant_runs(variant, rc.data.tasks, groups, seed, 1, run_dir)
+    model = train_variant(rc, variant, groups, r.out_dir)
     preds = predict(model, rc.cache, rc.data, "test", keep=keep)
     return accuracy(preds), _correct(preds), model.prompts.num_trainable(), []
 

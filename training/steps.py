@@ -86,10 +86,20 @@ def do_train(ctx: Context, run: Path, groups, variant="group_private", resume=Fa
     return out, model
 
 
-def do_evaluate(ctx: Context, ns, run: Path, groups) -> dict:
+def do_evaluate(ctx: Context, ns, run: Path, groups, ecfg: EvalConfig | None = None) -> dict:
     from .evaluate import evaluate
 
-    return evaluate(ctx.run_context, groups, read_config(ns, EvalConfig), run)
+    ecfg = ecfg or read_config(ns, EvalConfig)
+    train_all(ctx, ns, run, groups, ecfg)
+    return evaluate(ctx.run_context, groups, ecfg, run)
+
+
+def train_all(ctx: Context, ns, run: Path, groups, ecfg: EvalConfig, extra_seeds: tuple[int, ...] = ()) -> int:
+    """Every run the evaluation trains (and group_private at `extra_seeds`), `--jobs` at once
+    (training.parallel); the serial steps after it reuse them."""
+    from .parallel import planned_runs, train_runs
+
+    return train_runs(ctx, ns, planned_runs(ctx.data.tasks, groups, ecfg, run, extra_seeds), ecfg.jobs)
 
 
 def do_export(ctx: Context, ns, run: Path, store: Path, seed: int) -> dict:

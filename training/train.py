@@ -40,6 +40,7 @@ from .decisions import image_features
 from .runtime import Dist, RunContext
 
 log = logging.getLogger(__name__)
+PROGRESS = True  # a bar per training run; off in training.parallel's workers (the parent shows one for all)
 
 TRAINED_VARIANTS = ("private_only", "all_shared", "group_private", "global_group_private")
 
@@ -237,7 +238,7 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms:
     per_task = [shots.by_task(t) for t in range(len(model.tasks))]
     epoch_len = math.ceil(cfg.steps / max(1, cfg.epochs))
     net.train()
-    bar = tqdm(range(start, cfg.steps), desc=desc, unit="step", disable=not dist.is_main, leave=False)
+    bar = tqdm(range(start, cfg.steps), desc=desc, unit="step", disable=not (dist.is_main and PROGRESS), leave=False)
     for step in bar:
         xb, tb, yb = (t.to(device) for t in _draw_batch(shots, per_task, cfg, gen, dist))
         out = net(xb, tb, return_features=consistency is not None)

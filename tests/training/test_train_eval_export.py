@@ -262,3 +262,25 @@ def test_label_cache_is_what_training_evaluates_and_the_bundle_serves(world, gro
     with torch.no_grad():  # inference: the cache blends in (training's grad path reads the text alone)
         blended = model.text_features("photo").float()
     torch.testing.assert_close(bank.labels, blended, rtol=1e-5, atol=1e-6)
+
+
+def test_runs_trained_in_parallel_are_the_serial_runs(world, grouped, tmp_path, capsys):
+    """--jobs 2 trains evaluate's runs in two worker processes: the same bytes as one after another."""
+    runs = {}
+    for jobs in (2, 1):
+        run = runs[jobs] = tmp_path / f"jobs{jobs}"
+        run.mkdir()
+        (run / "groups.json").write_text((grouped / "groups.json").read_text())
+        assert main(["evaluate", "--data", str(world), "--run", str(run), *FAST, "--seeds", "0", "1",
+                     "--jobs", str(jobs), "--bootstrap", "50"]) == 0
+        err = capsys.readouterr().err
+        assert ("training runs (2 at once)" in err) == (jobs == 2)
+        assert ("private_only s1" in err) == (jobs == 1)  # the workers' runs show no bar of their own
+    finals = sorted(p.relative_to(runs[1]) for p in runs[1].glob("models/*/final.pt"))
+    assert len([f for f in finals if "zero_shot" not in str(f)]) == 10  # 5 trained variants x 2 seeds
+    for rel in finals:
+        a, b = (torch.load(runs[j] / rel, weights_only=False) for j in (2, 1))
+        assert a["key"] == b["key"] and a["prompts"].keys() == b["prompts"].keys()
+        assert all(torch.equal(a["prompts"][k], b["prompts"][k]) for k in a["prompts"]), rel
+    reports = [json.loads((runs[j] / "report.json").read_text()) for j in (2, 1)]
+    assert reports[0]["variants"] == reports[1]["variants"]
