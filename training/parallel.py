@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .train import TRAINED_VARIANTS
+
 if TYPE_CHECKING:
     from .config import EvalConfig, SplitConfig
     from .steps import Context
 
-TRAINED = ("private_only", "all_shared", "group_private", "global_group_private", "random_groups")
+TRAINED = (*TRAINED_VARIANTS, "random_groups")  # the variants with training runs (zero_shot and prototype have none)
 
 
 @dataclass(frozen=True)
