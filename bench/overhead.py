@@ -76,6 +76,23 @@ def tree_cpu_s(root: int) -> float:
     return sum(cpu for _, cpu in process_tree(root).values())
 
 
+def thread_cpu_s(root: int) -> dict[str, float]:
+    """`role: thread` -> CPU seconds, over the server's processes: each process's main thread (`event
+    loop`), the service's named worker pools (`model`, `decode`: service.threads) and the rest (`other`)."""
+    out: dict[str, float] = {}
+    for pid, (role, _) in process_tree(root).items():
+        for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
+            try:
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pool = re.fullmatch(r"(.+)_\d+", comm)
+            name = "event loop" if int(task.name) == pid else pool.group(1) if pool else "other"
+            out[f"{role}: {name}"] = out.get(f"{role}: {name}", 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def busy_shares(before: dict, after: dict, seconds: float) -> list[tuple[str, int, float]]:
     """(role, pid, share of one core) per process over a window, busiest first: the bottleneck leads."""
     rows = [(role, pid, (cpu - before.get(pid, (role, 0.0))[1]) / seconds) for pid, (role, cpu) in after.items()]
@@ -102,7 +119,7 @@ def measure_phase(url: str, pid: int, port: int, jpeg_dir: Path, domains: list[s
 
     def sample(at: float, key: str) -> None:
         time.sleep(max(0.0, at - time.time()))
-        marks[key] = (tree_cpu_s(pid), server_counters(url))
+        marks[key] = (tree_cpu_s(pid), server_counters(url), thread_cpu_s(pid))
 
     start = load_start(2)
     threads = [threading.Thread(target=sample, args=(start + warmup_s, "t0")),
@@ -112,11 +129,14 @@ def measure_phase(url: str, pid: int, port: int, jpeg_dir: Path, domains: list[s
     load = run_load(port, jpeg_dir, domains, conc, 2, warmup_s, duration_s, items, start=start)
     for t in threads:
         t.join()
-    (c0, m0), (c1, m1) = marks["t0"], marks["t1"]
+    (c0, m0, t0), (c1, m1, t1) = marks["t0"], marks["t1"]
     d = {k: m1[k] - m0[k] for k in m0}
     images = max(load["img_s"] * duration_s, 1)
     inside = d["model_cpu_seconds_total"] + d["decode_cpu_seconds_total"]
     return {"images": images, "server_cpu_s": c1 - c0, "cpu_us_per_image": 1e6 * (c1 - c0) / images,
+            "threads_us": {k: 1e6 * (v - t0.get(k, 0.0)) / images for k, v in t1.items() if v > t0.get(k, 0.0)},
+            "counted_us": {"model": 1e6 * d["model_cpu_seconds_total"] / images,
+                           "decode": 1e6 * d["decode_cpu_seconds_total"] / images},
             "mean_batch": d["batch_size_sum"] / max(d["batch_size_count"], 1), "img_s": load["img_s"],
             "server_model_decode_us": 1e6 * inside / images if inside else None,
             "p50_ms": load["p50_ms"], "errors": load["errors"], "first_error": load["first_error"]}
@@ -180,6 +200,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def thread_table(phases: dict[str, dict]) -> str:
+    """Per phase, each thread group's CPU µs per image; the model and decode pools beside the CPU the
+    server counts as model and decode in them, so what each thread spends beyond its work shows."""
+    groups = sorted({k for ph in phases.values() for k in ph["threads_us"]})
+    rows = []
+    for name, ph in phases.items():
+        row = {"path": name}
+        for g in groups:
+            us = ph["threads_us"].get(g, 0.0)
+            counted = next((c for kind, c in ph["counted_us"].items() if g.endswith(f": {kind}")), None)
+            row[g] = f"{us:,.0f}" + ("" if counted is None else f" ({counted:,.0f})")
+        rows.append(row)
+    return table(rows, ["path", *groups])
+
+
 def start_server(port: int, workers: str | None, log_path: str | None, checkout: Path) -> subprocess.Popen:
     env = dict(os.environ, MODERATION_PORT=str(port), MODERATION_HOST="127.0.0.1", MODERATION_TORCH_THREADS="1",
                MODERATION_REVIEW_DB="off", MODERATION_ACCESS_LOG="false", MODERATION_LOG_LEVEL="warning",
@@ -230,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     print("model and decode measured in this process (overhead), and by the server itself where it counts them")
     print(table(rows, ["path", "img/s", "mean batch", "server CPU µs/img", "model µs/img", "decode µs/img",
                        "overhead µs/img", "server's model+decode", "overhead (server's own)", "errors"]))
+    print("\nthe same server CPU per image, by thread (µs); in brackets what the server counts as model and decode")
+    print(thread_table(phases))
     emit({"bench": "overhead", "workers": args.workers, "phases": phases, "machine": machine(),
           "load_avg": os.getloadavg()})
     return 0 if all(ph["errors"] == 0 for ph in phases.values()) else 1

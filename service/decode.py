@@ -12,7 +12,6 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from promptclip.device_decode import DeviceJpegPreprocessor
 
 from .errors import ApiError, timeout_error
+from .threads import named_pool
 
 SUPPORTED = ACCEPTED_FORMATS  # the one accepted-format list (promptclip.images), shared with the backlog
 __all__ = ["ACCEPTED", "SUPPORTED", "ImageDecoder", "decode_image"]
@@ -50,7 +50,7 @@ class ImageDecoder:
                  on_cpu: Callable[[float], None] | None = None):
         self.preprocess = preprocess
         self.limits = dict(max_bytes=max_bytes, max_pixels=max_pixels, min_side=min_side)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.pool = named_pool("decode", workers)
         self.workers = workers
         self.device_jpeg = device_jpeg  # plain JPEGs -> model input on the GPU (promptclip.device_decode), else None
         # Decoding is CPU-bound: unbounded, a flood of uploads would queue here (holding their bytes,

@@ -23,7 +23,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,7 @@ from promptclip.runner import EncodeFn, ModelRunner
 from .errors import ApiError, timeout_error
 from .registry import DomainEntry, ShapeKey, Snapshot
 from .scoring import build_result, route_info
+from .threads import named_pool
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class BatchingEngine:
         self.metrics = metrics
         self.arriving = arriving or (lambda: 1)  # images admitted but not yet queued (None: always wait)
         self.queue: asyncio.Queue[Job] | None = None
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.model_thread = named_pool("model", 1)
         self._task: asyncio.Task | None = None
         self._staging: Tensor | None = None  # pinned host buffer for CUDA uploads
         self.in_flight = 0  # jobs submitted and not yet answered

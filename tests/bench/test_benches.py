@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 import torch
@@ -72,11 +74,35 @@ def test_service_bench_drives_the_real_server(tmp_path, capsys):
 
 
 def test_decisions_bench_runs_on_the_shipped_bundles(capsys):
-    """Guarded demo domains included: the bench feeds score_batch the bare pass they need."""
+    """Guarded demo domains included: the bench feeds score_batch the bare pass they need; at batch 1 the
+    one row's domain (the first, blueprint) has no guard, so there is no bare pass to time."""
     from bench.decisions import main as decisions_main
 
-    assert decisions_main(["--batch", "3", "--reps", "1"]) == 0
+    assert decisions_main(["--batch", "1", "3", "--reps", "1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    steps = out["results"][0]["us_per_image"]
-    assert set(steps) == {"encode", "bare", "score", "score_no_scope", "decide", "answers"}
-    assert all(v > 0 for v in steps.values()), steps
+    lone, mixed = (r["us_per_image"] for r in out["results"])
+    assert set(lone) == set(mixed) == {"encode", "bare", "score", "score_no_scope", "decide", "answers"}
+    assert all(v > 0 for v in mixed.values()), mixed
+    assert all(v > 0 for k, v in lone.items() if k != "bare"), lone
+    assert lone["bare"] < 0.1 * lone["encode"], lone
+
+
+def test_overhead_bench_splits_the_cpu_by_named_pool():
+    """The per-thread table's groups: a named pool's CPU lands under its name."""
+    from bench.overhead import thread_cpu_s
+    from service.threads import named_pool
+
+    pool = named_pool("model", 1)
+    try:
+        def burn() -> None:
+            t = time.thread_time()
+            while time.thread_time() - t < 0.2:
+                pass
+
+        before = thread_cpu_s(os.getpid())
+        pool.submit(burn).result()
+        after = thread_cpu_s(os.getpid())
+    finally:
+        pool.shutdown()
+    assert after["server: model"] - before.get("server: model", 0.0) >= 0.15
+    assert "server: event loop" in after  # this process's main thread
