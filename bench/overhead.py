@@ -78,7 +78,8 @@ def tree_cpu_s(root: int) -> float:
 
 def thread_cpu_s(root: int) -> dict[str, float]:
     """`role: thread` -> CPU seconds, over the server's processes: each process's main thread (`event
-    loop`), the service's named worker pools (`model`, `decode`: service.threads) and the rest (`other`)."""
+    loop`), each pool's `name_N` workers under `name` (the service's `model` and `decode`, named by
+    service.threads) and the unnamed rest (`other`)."""
     out: dict[str, float] = {}
     for pid, (role, _) in process_tree(root).items():
         for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
