@@ -60,12 +60,11 @@ def measure(device: str, batch: int, reps: int) -> dict:
     enc, banks, no_scope, rows, prompts, images, scale = fixtures(device, batch)
     guarded = torch.tensor([banks.guarded(r) for r in rows.tolist()], device=device)
     # the engine's bare pass, over the guarded rows only (none at batch 1: the first domain is not guarded)
-    bare_pass = functools.partial(ModelRunner(enc).bare, images[guarded]) if guarded.any() else lambda: None
+    bare_pass = functools.partial(ModelRunner(enc).bare, images[guarded])
     with torch.inference_mode():
         feats, taps = enc.encode_image(images, prompts, taps=True)
         plain = torch.zeros(batch, feats.shape[1], device=device)
-        if guarded.any():
-            plain[guarded] = bare_pass()
+        plain[guarded] = bare_pass()
         scores = score_batch(feats, rows, banks, scale, taps, plain)
         decided = decide_batch(scores, rows, banks)
         fns = {

@@ -39,7 +39,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def bare(self, images: Tensor) -> Tensor:
-        """(B, E) normalised features of the frozen tower without prompts (what the domain router reads)."""
+        """(B, E) normalised features of the frozen tower without prompts (what the domain router reads);
+        (0, E) for an empty batch (no row of it is guarded or routed)."""
+        if not len(images):
+            return torch.zeros(0, self.encoder.text.embed_dim, device=self.device)
         return self.encoder.clip.encode_image(images.to(self.device, self.dtype), normalize=True).float()
 
     @torch.inference_mode()

@@ -81,6 +81,16 @@ def test_cpu_runner_bare_and_zero_tokens_equal_open_clip(tiny_clip):
         assert (runner(images, prompts) - bare).abs().max() <= 1e-5
 
 
+def test_model_runner_bare_pass_of_no_image_is_empty(tiny_clip):
+    """A batch with no guarded or routed row asks the bare tower for nothing: (0, E), not an error."""
+    from promptclip.runner import ModelRunner
+
+    runner = ModelRunner(PromptedCLIP(tiny_clip.model))
+    some = runner.bare(torch.randn(2, 3, 32, 32))
+    none = runner.bare(torch.randn(0, 3, 32, 32))
+    assert none.shape == (0, some.shape[1]) and none.dtype == some.dtype == torch.float32
+
+
 def test_runner_output_is_an_inference_tensor_without_grad(tiny_clip):
     runner = ImageRunner(PromptedCLIP(tiny_clip.model))
     out = runner(torch.randn(2, 3, 32, 32), _bank(tiny_clip)[[0, 1]])
