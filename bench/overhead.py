@@ -45,16 +45,22 @@ STORE = Path(__file__).resolve().parents[1] / "prompts_store"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(path: Path) -> tuple[int, int] | None:
+    """(parent pid, user + system CPU ticks) from a /proc stat file (proc(5)); None once it is gone."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
 def process_tree(root: int) -> dict[int, tuple[str, float]]:
     """pid -> (role, user + system CPU seconds) of process `root` and its live descendants; role is
     engine, front end or server (the one process, or the supervisor of the others)."""
     procs: dict[int, tuple[int, int]] = {}  # pid -> (parent, CPU ticks)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        procs[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # proc(5): ppid, utime, stime
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        if (stat := _stat(path)) is not None:
+            procs[int(path.parent.name)] = stat
     out = {}
     for pid, (_, ticks) in procs.items():
         p = pid
@@ -85,12 +91,13 @@ def thread_cpu_s(root: int) -> dict[str, float]:
         for task in Path(f"/proc/{pid}/task").glob("[0-9]*"):
             try:
                 comm = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
+            if (stat := _stat(task / "stat")) is None:
+                continue
             pool = re.fullmatch(r"(.+)_\d+", comm)
-            name = "event loop" if int(task.name) == pid else pool.group(1) if pool else "other"
-            out[f"{role}: {name}"] = out.get(f"{role}: {name}", 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+            name = f"{role}: " + ("event loop" if int(task.name) == pid else pool.group(1) if pool else "other")
+            out[name] = out.get(name, 0.0) + stat[1] / TICK
     return out
 
 

@@ -32,16 +32,19 @@ from training.ood import KINDS, ood_rng, render_ood  # noqa: E402
 RATES = ("accuracy", "benign_false_flag", "unsafe_recall", "unsafe_caught", "review_rate", "ood_flagged")
 
 
-def _png(img) -> bytes:
+def encode(img: Image.Image, fmt: str = "PNG", size: int | None = None) -> bytes:
+    """`img` saved as PNG or JPEG (quality 85), resized to size x size first (bicubic) if that is another size."""
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
     buf = io.BytesIO()
-    img.save(buf, "PNG")
+    img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 
-def _jpeg(img, size: int) -> bytes:
-    buf = io.BytesIO()
-    img.resize((size, size), Image.BICUBIC).save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+def world_images(domain: str, labels: list[str], seed: int, per_class: int) -> list[tuple[str, Image.Image]]:
+    """(label, image) for `per_class` fresh images of each of `labels` the synthetic world draws."""
+    return [(lab, synth.render(domain, lab, synth.image_rng(seed, domain, lab, i)))
+            for lab in labels if lab in synth.LABELS for i in range(per_class)]
 
 
 def calibration_error(pairs: list[tuple[float, bool]], bins: int = 10) -> float:
@@ -55,7 +58,7 @@ def calibration_error(pairs: list[tuple[float, bool]], bins: int = 10) -> float:
     return err
 
 
-def _decision(r: dict) -> tuple[bool, bool, bool]:
+def decision(r: dict) -> tuple[bool, bool, bool]:
     return r["flagged"], r["needs_review"], r["out_of_scope"]
 
 
@@ -77,14 +80,13 @@ def measure(http: httpx.Client, world_seed: int, ood_seed: int, per_class: int, 
             jpeg_size: int = 0) -> dict:
     """Per-domain rates and OOD flags per kind, measured through the server's /classify/batch."""
     domains = {d["domain"]: d for d in http.get("/domains").json()["domains"]}
-    ood = {k: [_png(render_ood(k, ood_rng(ood_seed, k, i))) for i in range(per_kind)] for k in KINDS}
+    ood = {k: [encode(render_ood(k, ood_rng(ood_seed, k, i))) for i in range(per_kind)] for k in KINDS}
     report: dict = {"world_seed": world_seed, "ood_seed": ood_seed, "domains": {}, "ood_flagged_by_kind": {}}
     ood_hits = {k: [0, 0] for k in KINDS}
     for dom, info in sorted(domains.items()):
         unsafe = {lab["name"]: lab["unsafe"] for lab in info["labels"]}
-        imgs = [(lab, synth.render(dom, lab, synth.image_rng(world_seed, dom, lab, i)))
-                for lab in unsafe if lab in synth.LABELS for i in range(per_class)]
-        items = [(lab, _png(im)) for lab, im in imgs]
+        imgs = world_images(dom, list(unsafe), world_seed, per_class)
+        items = [(lab, encode(im)) for lab, im in imgs]
         res = classify(http, dom, [b for _, b in items])
         top1 = [r["labels"][0]["label"] == lab for (lab, _), r in zip(items, res, strict=True)]  # labels: by score
         pairs = [(x["probability"], x["label"] == lab) for (lab, _), r in zip(items, res, strict=True)
@@ -112,10 +114,10 @@ def measure(http: httpx.Client, world_seed: int, ood_seed: int, per_class: int, 
             r["claimed"]["accuracy"] = info["metrics"]["accuracy"]
         r["calibration_error"] = round(calibration_error(pairs), 4)
         if jpeg_size:
-            jres = classify(http, dom, [_jpeg(im, jpeg_size) for _, im in imgs])
+            jres = classify(http, dom, [encode(im, "JPEG", jpeg_size) for _, im in imgs])
             jben = [x for (lab, _), x in zip(items, jres, strict=True) if not unsafe[lab]]
             r["jpeg"] = {"size": jpeg_size, "benign_false_flag": wilson(sum(x["flagged"] for x in jben), len(jben)),
-                         "decisions_changed": wilson(sum(_decision(a) != _decision(b) for a, b in zip(
+                         "decisions_changed": wilson(sum(decision(a) != decision(b) for a, b in zip(
                              res, jres, strict=True)), len(res)),
                          "out_of_scope": wilson(sum(x["out_of_scope"] for x in jres), len(jres))}
     report["ood_flagged_by_kind"] = {k: wilson(h, n) for k, (h, n) in ood_hits.items()}

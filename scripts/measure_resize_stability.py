@@ -15,45 +15,32 @@ Then one JSON line.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_decisions import _decision, _png, classify  # noqa: E402
+from measure_decisions import classify, decision, encode, world_images  # noqa: E402
 
-from training import synth  # noqa: E402
 from training.calibrate import wilson  # noqa: E402
-
-
-def encode(img: Image.Image, size: int, fmt: str) -> bytes:
-    """`img` resized to size x size (bicubic; unchanged at its own size), saved as PNG or JPEG (quality 85)."""
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-    return buf.getvalue()
 
 
 def measure(http: httpx.Client, world_seed: int, per_class: int, size: int) -> dict:
     domains = {d["domain"]: d for d in http.get("/domains").json()["domains"]}
     report: dict = {"world_seed": world_seed, "size": size, "domains": {}}
     for dom, info in sorted(domains.items()):
-        imgs = [synth.render(dom, lab["name"], synth.image_rng(world_seed, dom, lab["name"], i))
-                for lab in info["labels"] if lab["name"] in synth.LABELS for i in range(per_class)]
+        imgs = [im for _, im in world_images(dom, [lab["name"] for lab in info["labels"]], world_seed, per_class)]
         own = imgs[0].size[0]
-        base = classify(http, dom, [_png(im) for im in imgs])
+        base = classify(http, dom, [encode(im) for im in imgs])
         row = {}
         for name, (side, fmt) in {f"jpeg{own}": (own, "JPEG"), f"png{size}": (size, "PNG"),
                                   f"jpeg{size}": (size, "JPEG")}.items():
-            res = classify(http, dom, [encode(im, side, fmt) for im in imgs])
+            res = classify(http, dom, [encode(im, fmt, side) for im in imgs])
             pairs = list(zip(base, res, strict=True))
-            row[name] = {"decisions_changed": wilson(sum(_decision(a) != _decision(b) for a, b in pairs), len(pairs)),
+            row[name] = {"decisions_changed": wilson(sum(decision(a) != decision(b) for a, b in pairs), len(pairs)),
                          "top_label_changed": wilson(sum(a["labels"][0]["label"] != b["labels"][0]["label"]
                                                          for a, b in pairs), len(pairs))}
         report["domains"][dom] = row
