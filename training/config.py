@@ -179,6 +179,8 @@ class PretrainConfig:
     lr: float = opt(2e-3, "peak AdamW learning rate")
     drawings: float = opt(0.15, "fraction of clean line drawings captioned 'a drawing of a {label}.'")
     clipart: float = opt(0.15, "fraction of clean clip art captioned 'a cartoon of a {label}.'")
+    reencoded: float = opt(0.0, "fraction of images stored after a client's trip: resized and/or saved as JPEG "
+                                "(training.augment), so that the features learn to ignore it")
     eval_per_class: int = opt(24, "images per (domain, label) in the zero-shot check after training")
     out: str = opt("", "output safetensors (empty: promptclip/embedded/tiny-clip.safetensors)")
 

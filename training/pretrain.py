@@ -25,10 +25,13 @@ from promptclip import EMBEDDED_ARCH, PromptedCLIP, register_config, save_embedd
 from promptclip.loading import EMBEDDED_WEIGHTS
 
 from . import synth
+from .augment import reencode
 from .config import TINY_CLIP_CONFIG, PretrainConfig
 from .runtime import setup_determinism
 
 log = logging.getLogger(__name__)
+# what the weights' header records; `reencoded` only when used, so the shipped file (built before it) rebuilds
+RECIPE = ("seed", "images", "steps", "batch", "lr", "drawings", "clipart")
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -64,10 +67,12 @@ def pretrain_tiny(cfg: PretrainConfig, threads: int = 2) -> dict:
     model, _, preprocess = open_clip.create_model_and_transforms(EMBEDDED_ARCH, pretrained=None)
     tokenizer = open_clip.get_tokenizer(EMBEDDED_ARCH)
     t0 = time.time()
-    rng = np.random.default_rng([cfg.seed, 77])
+    rng, trip = np.random.default_rng([cfg.seed, 77]), np.random.default_rng([cfg.seed, 78])
     imgs, caps, ys = [], [], []
     for _ in tqdm(range(cfg.images), desc="render", unit="img"):
         im, cap, li = synth.render_captioned(rng, mix=(cfg.drawings, cfg.clipart))
+        if trip.random() < cfg.reencoded:
+            im = reencode(im, trip)
         imgs.append(preprocess(im))
         caps.append(cap)
         ys.append(li)
@@ -113,7 +118,7 @@ def pretrain_tiny(cfg: PretrainConfig, threads: int = 2) -> dict:
     texts = uniq + [synth.PROMPT.format(n) for n in synth.LABELS] + ["X"]
     used = sorted({int(t) for t in tokenizer(texts).flatten().tolist() if t != 0})
     record = {"zero_shot_accuracy": zs, "final_loss": round(loss.item(), 4),
-              "recipe": {k: getattr(cfg, k) for k in ("seed", "images", "steps", "batch", "lr", "drawings", "clipart")},
+              "recipe": {k: getattr(cfg, k) for k in RECIPE + (("reencoded",) if cfg.reencoded else ())},
               "eval": f"{cfg.eval_per_class} fresh images per label per style, prompt '{synth.PROMPT}'"}
     path = Path(cfg.out) if cfg.out else EMBEDDED_WEIGHTS
     save_embedded_model(model, TINY_CLIP_CONFIG, path, extra_metadata={

@@ -1,0 +1,37 @@
+"""The re-encodings an image meets on its way to the service: resampled to another size, saved as JPEG.
+
+A client rarely sends the pixels a domain's images were drawn with: it resizes them and saves
+them as JPEG. `reencode` draws one such trip (a size, a format, a quality) and decodes the result
+through the service's own decode (`promptclip.images.decode_rgb`), so pretraining can show the
+tiny CLIP the same image both ways and its features learn to ignore the trip, as a CLIP trained
+on web images has.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from promptclip.images import decode_rgb
+
+SIZES = (0.75, 1.0, 1.0, 1.5, 2.0, 3.0, 4.0)  # the trip's side, in multiples of the image's own
+JPEG_QUALITY = (40, 95)  # drawn uniformly, both included
+JPEG_SHARE = 0.8  # the rest are saved as PNG: resampling alone
+
+
+def reencode(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """`img` resized by a factor drawn from SIZES (bicubic) and saved as JPEG (quality drawn from
+    JPEG_QUALITY) or PNG, then decoded as the service decodes an upload. A trip that keeps the size is
+    always a JPEG; the result keeps the trip's size (the model's preprocess resizes it)."""
+    factor = float(rng.choice(SIZES))
+    jpeg = factor == 1.0 or rng.random() < JPEG_SHARE
+    if factor != 1.0:
+        img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))), Image.BICUBIC)
+    buf = io.BytesIO()
+    if jpeg:
+        img.save(buf, "JPEG", quality=int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
+    else:
+        img.save(buf, "PNG")
+    return decode_rgb(buf.getvalue())
