@@ -2,6 +2,7 @@
 
     python scripts/measure_trip_stability.py                            # the embedded tiny CLIP
     python scripts/measure_trip_stability.py --weights W.safetensors    # e.g. pretrain-tiny --out W.safetensors
+    python scripts/measure_trip_stability.py --blur 0.6                 # inputs low-passed, sigma 0.6 px
 
 No prompts and no bundle: the question is how much the frozen tower itself reads a re-encoded
 image differently. Per domain of the synthetic world, a nearest-class-mean probe is fitted on
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import torch
+from torchvision.transforms import Compose, GaussianBlur
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,6 +40,13 @@ def features(clip, images: list[bytes]) -> torch.Tensor:
     with torch.inference_mode():
         x = torch.stack([clip.preprocess(decode_rgb(b)) for b in images])
         return clip.model.encode_image(x, normalize=True).float()
+
+
+def with_blur(clip, sigma: float):
+    """`clip` with a Gaussian low-pass of `sigma` pixels (radius ceil(3 sigma)) after its preprocess."""
+    if sigma > 0:
+        clip.preprocess = Compose([clip.preprocess, GaussianBlur(2 * math.ceil(3 * sigma) + 1, sigma)])
+    return clip
 
 
 def measure(clip, fit_seed: int, world_seed: int, per_class: int) -> dict:
@@ -62,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="", help="tiny CLIP safetensors (default: the embedded one)")
     p.add_argument("--fit-seed", type=int, default=101, help="world seed of the probe's class means")
     p.add_argument("--world-seed", type=int, default=27183, help="world seed of the images asked")
+    p.add_argument("--blur", type=float, default=0.0,
+                   help="blur every input by a Gaussian of this sigma, in pixels at the model's input (default 0: none)")
     p.add_argument("--per-class", type=int, default=24, help="images asked per (domain, label)")
     ns = p.parse_args(argv)
     torch.set_num_threads(1)
     clip = load_clip(ModelSpec())
     if ns.weights:
         clip.model.load_state_dict(_load_embedded_state(Path(ns.weights)), strict=True)
+    clip = with_blur(clip, ns.blur)
     report = measure(clip, ns.fit_seed, ns.world_seed, ns.per_class)
     cell = lambda w: f"{w['rate']:.3f} [{w['lo']:.2f}, {w['hi']:.2f}]"  # noqa: E731
     print("| domain | probe accuracy | " + " | ".join(f"{t}: answers changed" for t in TRIPS) + " |")
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {dom} | {cell(row['accuracy'])} | " + " | ".join(cell(row[t]) for t in TRIPS) + " |")
     pooled = {k: sum(r[k]["rate"] for r in report.values()) / len(report) for k in ["accuracy", *TRIPS]}
     print("| **mean** | " + " | ".join(f"{v:.3f}" for v in pooled.values()) + " |")
-    print(json.dumps({"weights": ns.weights or "embedded", "domains": report}))
+    print(json.dumps({"weights": ns.weights or "embedded", "blur": ns.blur, "domains": report}))
     return 0
 
 
