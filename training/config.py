@@ -62,6 +62,8 @@ class TrainConfig:
     warmup: int = opt(10, "linear warm-up steps before the cosine decay")
     init_scale: float = opt(0.1, "prompt init: N(0,1) x this x the frozen stream's RMS at each layer")
     augment: bool = opt(True, "random flip + shift of training images (few shots)")
+    reencoded_shots: float = opt(0.0, "share of training draws that show a shot after a client's trip (resized, "
+                                      "saved as JPEG: training.augment), so that the prompts learn to ignore it")
     seed: int = opt(0, "training seed: shot sample, prompt init, batch order")
     consistency_image: float = opt(1.0, "PromptSRC consistency: weight of the mean L1 distance between prompted and "
                                         "frozen image features")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,8 +35,9 @@ from promptclip import (
 from promptclip.decisions import label_cosines
 from promptclip.multitask import stack_padded
 
+from .augment import reencode
 from .config import PromptSizes, SplitConfig, TrainConfig, to_dict
-from .data import ImageCache, TaskData, fingerprint, items_tensors
+from .data import ImageCache, TaskData, fingerprint, items_tensors, load_rgb
 from .decisions import image_features
 from .runtime import Dist, RunContext
 
@@ -69,11 +71,13 @@ class FewShot:
     images: Tensor
     labels: Tensor
     tasks: Tensor
+    trips: Tensor | None = None  # (V, N, 3, H, W): each shot after V client trips (`trip_variants`), or None
 
     def by_task(self, t: int) -> Tensor:
         return (self.tasks == t).nonzero().flatten()
 
 
+TRIPS_PER_SHOT = 4  # re-encoded copies of each shot, drawn once, that `reencoded_shots` draws from
 StreamRMS = dict[str, Tensor]  # per tower: the frozen residual stream's RMS entering each layer, (L,)
 
 
@@ -194,6 +198,10 @@ def _draw_batch(shots: FewShot, per_task: list[Tensor], cfg: TrainConfig, gen: t
     picks = [idx[torch.randint(0, len(idx), (cfg.batch_per_task,), generator=gen)] for idx in per_task]
     full = torch.cat(picks)
     x = shots.images[full]
+    if shots.trips is not None and cfg.reencoded_shots > 0:  # draws only when on: default runs stay bit-for-bit
+        swap = torch.rand(len(full), generator=gen) < cfg.reencoded_shots
+        trip = torch.randint(0, len(shots.trips), (len(full),), generator=gen)
+        x = torch.where(swap[:, None, None, None], shots.trips[trip, full], x)
     if cfg.augment:
         x = _augment(x, gen)
     part = cfg.batch_per_task // dist.world
@@ -297,8 +305,23 @@ def fit_label_cache(rc: RunContext, model: MultiTaskCLIP, shots: FewShot) -> Non
     model.set_label_cache(cache, weights)
 
 
-def load_shots(cache: ImageCache, data: TaskData, split: SplitConfig, seed: int) -> FewShot:
-    return FewShot(*items_tensors(cache, data, "shots", seed=seed, shots=split.shots))
+def load_shots(cache: ImageCache, data: TaskData, split: SplitConfig, seed: int, trips: int = 0) -> FewShot:
+    """The training shots of seed `seed`; with `trips`, also each shot after that many client trips."""
+    shots = FewShot(*items_tensors(cache, data, "shots", seed=seed, shots=split.shots))
+    if trips:
+        shots.trips = trip_variants(cache, [p for d in data.domains for p, _ in d.shots(split.shots, seed)], trips, seed)
+    return shots
+
+
+def trip_variants(cache: ImageCache, paths: list[Path], trips: int, seed: int) -> Tensor:
+    """(trips, N, 3, H, W): image i of `paths` re-encoded `trips` times (`training.augment.reencode`),
+    drawn from a generator seeded by (seed, i), then preprocessed as the shots are."""
+    out = torch.empty(trips, len(paths), *cache.load(paths[:1], cache=False).shape[1:])
+    for i, p in enumerate(paths):
+        rng, img = np.random.default_rng([seed, i]), load_rgb(p)
+        for v in range(trips):
+            out[v, i] = cache.preprocess(reencode(img, rng))
+    return out
 
 
 def run_key(variant: str, groups, pcfg: PromptConfig, cfg: TrainConfig, split: SplitConfig, data: TaskData,
@@ -320,7 +343,7 @@ def train_variant(rc: RunContext, variant: str, groups: list[list[str]], out_dir
     layout, pcfg = variant_layout(variant, data.tasks, groups, rc.sizes)
     key = run_key(variant, layout, pcfg, cfg, rc.split, data, rc.clip.info.to_dict())
     torch.manual_seed(cfg.seed)
-    shots = load_shots(rc.cache, data, rc.split, cfg.seed)
+    shots = load_shots(rc.cache, data, rc.split, cfg.seed, TRIPS_PER_SHOT if cfg.reencoded_shots > 0 else 0)
     model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, cfg.init_scale, cfg.seed)
     final = out_dir / "final.pt"
     if reuse and final.is_file():
