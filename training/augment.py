@@ -2,9 +2,9 @@
 
 A client rarely sends the pixels a domain's images were drawn with: it resizes them and saves
 them as JPEG. `reencode` draws one such trip (a size, a format, a quality) and decodes the result
-through the service's own decode (`promptclip.images.decode_rgb`), so pretraining can show the
-tiny CLIP the same image both ways and its features learn to ignore the trip, as a CLIP trained
-on web images has.
+through the service's own decode (`promptclip.images.decode_rgb`), so that training can show the
+same image both ways and learn to ignore the trip, as a CLIP trained on web images has: the tiny
+CLIP's pretraining (`pretrain-tiny --reencoded`) and the prompts' (`fit --reencoded-shots`).
 """
 
 from __future__ import annotations
