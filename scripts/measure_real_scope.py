@@ -43,9 +43,11 @@ def scope_scores(enc, clip, bank, prompts, pixels: torch.Tensor) -> torch.Tensor
     out = []
     for i in range(0, len(pixels), 128):
         x, p = pixels[i:i + 128], prompts.expand(len(pixels[i:i + 128]), *prompts.shape)
+        # the frozen tower's features for a guarded domain: its label scores need them, its scope does not
+        bare = clip.model.encode_image(x, normalize=True).float() if banks.any_guard else None
         try:  # the image tower's layer taps, where the scope model reads them
             feats, taps = enc.encode_image(x, p, taps=True)
-            out.append(score_batch(feats, rows[: len(x)], banks, float(enc.logit_scale), taps).scope)
+            out.append(score_batch(feats, rows[: len(x)], banks, float(enc.logit_scale), taps, bare).scope)
         except TypeError:  # a checkout from before layer taps: the embedding alone
             out.append(score_batch(enc.encode_image(x, p), rows[: len(x)], banks, float(enc.logit_scale)).scope)
     return torch.cat(out)
