@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from promptclip import Banks, ModelSpec, PromptedCLIP, PromptStore, bundle_bank, load_clip, score_batch  # noqa: E402
 from promptclip.images import decode_rgb  # noqa: E402
+from promptclip.runner import ModelRunner  # noqa: E402
 from training import synth  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def scope_scores(enc, clip, bank, prompts, pixels: torch.Tensor) -> torch.Tensor
     for i in range(0, len(pixels), 128):
         x, p = pixels[i:i + 128], prompts.expand(len(pixels[i:i + 128]), *prompts.shape)
         # the frozen tower's features for a guarded domain: its label scores need them, its scope does not
-        bare = clip.model.encode_image(x, normalize=True).float() if banks.any_guard else None
+        bare = ModelRunner(enc).bare(x) if banks.any_guard else None
         try:  # the image tower's layer taps, where the scope model reads them
             feats, taps = enc.encode_image(x, p, taps=True)
             out.append(score_batch(feats, rows[: len(x)], banks, float(enc.logit_scale), taps, bare).scope)

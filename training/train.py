@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,9 +34,9 @@ from promptclip import (
 from promptclip.decisions import label_cosines
 from promptclip.multitask import stack_padded
 
-from .augment import reencode
+from .augment import flip_shift, trip_variants
 from .config import PromptSizes, SplitConfig, TrainConfig, to_dict
-from .data import ImageCache, TaskData, fingerprint, items_tensors, load_rgb
+from .data import ImageCache, TaskData, fingerprint, items_tensors
 from .decisions import image_features
 from .runtime import Dist, RunContext
 
@@ -103,16 +102,6 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def _augment(x: Tensor, gen: torch.Generator, shift: int = 3) -> Tensor:
-    """Random horizontal flip + shift by up to `shift` px (reflect-padded), per sample."""
-    B, _, H, W = x.shape
-    flip = torch.rand(B, generator=gen) < 0.5
-    off = torch.randint(0, 2 * shift + 1, (B, 2), generator=gen)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    pad = F.pad(x, (shift,) * 4, mode="reflect")
-    return torch.stack([pad[i, :, off[i, 0]:off[i, 0] + H, off[i, 1]:off[i, 1] + W] for i in range(B)])
 
 
 class LayerScaledStep:
@@ -203,7 +192,7 @@ def _draw_batch(shots: FewShot, per_task: list[Tensor], cfg: TrainConfig, gen: t
         trip = torch.randint(0, len(shots.trips), (len(full),), generator=gen)
         x = torch.where(swap[:, None, None, None], shots.trips[trip, full], x)
     if cfg.augment:
-        x = _augment(x, gen)
+        x = flip_shift(x, gen)
     part = cfg.batch_per_task // dist.world
     mine = torch.cat([torch.arange(t * cfg.batch_per_task + dist.rank * part,
                                    t * cfg.batch_per_task + (dist.rank + 1) * part) for t in range(len(picks))])
@@ -309,19 +298,9 @@ def load_shots(cache: ImageCache, data: TaskData, split: SplitConfig, seed: int,
     """The training shots of seed `seed`; with `trips`, also each shot after that many client trips."""
     shots = FewShot(*items_tensors(cache, data, "shots", seed=seed, shots=split.shots))
     if trips:
-        shots.trips = trip_variants(cache, [p for d in data.domains for p, _ in d.shots(split.shots, seed)], trips, seed)
+        paths = [p for d in data.domains for p, _ in d.shots(split.shots, seed)]  # items_tensors' order
+        shots.trips = trip_variants(cache.preprocess, paths, trips, seed)
     return shots
-
-
-def trip_variants(cache: ImageCache, paths: list[Path], trips: int, seed: int) -> Tensor:
-    """(trips, N, 3, H, W): image i of `paths` re-encoded `trips` times (`training.augment.reencode`),
-    drawn from a generator seeded by (seed, i), then preprocessed as the shots are."""
-    out = torch.empty(trips, len(paths), *cache.load(paths[:1], cache=False).shape[1:])
-    for i, p in enumerate(paths):
-        rng, img = np.random.default_rng([seed, i]), load_rgb(p)
-        for v in range(trips):
-            out[v, i] = cache.preprocess(reencode(img, rng))
-    return out
 
 
 def run_key(variant: str, groups, pcfg: PromptConfig, cfg: TrainConfig, split: SplitConfig, data: TaskData,

@@ -10,11 +10,11 @@ from PIL import Image
 from safetensors import safe_open
 
 from training import main, synth
-from training.augment import SIZES, reencode
+from training.augment import SIZES, reencode, trip_variants
 from training.config import TrainConfig
 from training.data import ImageCache
 from training.runtime import Dist
-from training.train import FewShot, _draw_batch, trip_variants
+from training.train import FewShot, _draw_batch
 
 
 def test_reencode_is_seeded_and_keeps_a_servable_rgb_image_of_a_drawn_size():
@@ -80,8 +80,8 @@ def test_trip_variants_are_seeded_per_image_and_preprocessed_like_the_shots(tmp_
         paths.append(tmp_path / f"{i}.png")
         synth.render("comic", label, synth.image_rng(0, "comic", label, 0)).save(paths[-1])
     cache = ImageCache(lambda im: torch.from_numpy(np.asarray(im.resize((16, 16)), dtype=np.float32)).permute(2, 0, 1))
-    a, b = trip_variants(cache, paths, 3, seed=7), trip_variants(cache, paths, 3, seed=7)
+    a, b = trip_variants(cache.preprocess, paths, 3, seed=7), trip_variants(cache.preprocess, paths, 3, seed=7)
     assert a.shape == (3, 2, 3, 16, 16) and torch.equal(a, b)
-    assert not torch.equal(a, trip_variants(cache, paths, 3, seed=8))
+    assert not torch.equal(a, trip_variants(cache.preprocess, paths, 3, seed=8))
     assert not torch.equal(a[0], cache.load(paths))  # a trip changes the pixels
     assert (a[0] - cache.load(paths)).abs().mean() < 40  # not beyond recognition
