@@ -45,7 +45,7 @@ def bundle_bank(bundle: Bundle, encoder: PromptedCLIP, tokenizer: Callable,
     zero_shot = zero_shot_labels(encoder, tokenizer, texts[:c], device) if guard > 0 else None
     try:
         bank = DomainBank(labels.float(), feats[c:].float(), None if scope is None else scope.to(device), rule,
-                          zero_shot, guard)
+                          zero_shot, guard, bundle.lowpass)
     except ValueError as e:
         raise BundleError("manifest", m.domain, str(e)) from None
     return bank, rule

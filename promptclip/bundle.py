@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .loading import LEGACY_FAMILY, BaseModelInfo
+from .lowpass import checked_sigma
 from .prompts import PromptConfig, TaskPrompts, check_task_name
 from .scope import ScopeModel, scope_tensor_names
 
@@ -141,6 +142,11 @@ class Bundle:
         return self.tensors.get("labels.cache"), float(self.manifest.prompt.get("cache_weight", 0.0))
 
     @property
+    def lowpass(self) -> float:
+        """The input low-pass of this domain's prompted pass, in pixels (`promptclip.lowpass`; 0: none)."""
+        return checked_sigma(self.manifest.prompt.get("input_lowpass", 0.0), f"{self.domain} prompt")
+
+    @property
     def prompt_config(self) -> PromptConfig:
         p = self.manifest.prompt
         return PromptConfig(group_tokens=p["group_tokens"], private_tokens=p["private_tokens"], depth=p["depth"])
@@ -223,6 +229,7 @@ def load_bundle(path: Path | str, base: BaseModelInfo | None = None) -> Bundle:
     check_stem(path, manifest.version)
     try:
         check_task_name(manifest.domain)
+        checked_sigma(manifest.prompt.get("input_lowpass", 0.0), "prompt")
     except ValueError as e:
         raise BundleError("manifest", path, str(e)) from None
     if base is not None:

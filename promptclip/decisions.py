@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .lowpass import lowpass_rows
 from .scope import ScopeBank, ScopeModel
 
 NEG_INF = float("-inf")
@@ -65,6 +66,7 @@ class DomainBank:
     rule: DecisionRule | None = None  # None: uncalibrated (closed-set softmax, threshold 0.5 from the labels)
     zero_shot: Tensor | None = None  # (C, E) the frozen text tower's label features; needed when guard > 0
     guard: float = 0.0  # weight of the zero-shot prediction in the label distribution (0: prompted only)
+    lowpass: float = 0.0  # input low-pass of the prompted pass, in pixels (promptclip.lowpass; 0: none)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.guard <= 1.0:
@@ -119,6 +121,16 @@ class Banks:
     @cached_property
     def any_guard(self) -> bool:
         return any(b.guard > 0 for b in self.domains)
+
+    def prompted_inputs(self, images: Tensor, rows: Sequence[int]) -> Tensor:
+        """`images` as the prompted pass reads them: row b low-passed as its domain `rows[b]` asks."""
+        if not self.any_lowpass:
+            return images
+        return lowpass_rows(images, [self.domains[r].lowpass for r in rows])
+
+    @cached_property
+    def any_lowpass(self) -> bool:
+        return any(b.lowpass > 0 for b in self.domains)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .decisions import label_cosines
+from .lowpass import lowpass_rows
 from .prompted import PromptedCLIP, insert_placeholders
 from .prompts import TaskPrompts
 
@@ -66,14 +67,17 @@ class MultiTaskCLIP(nn.Module):
         prompts: group + private prompts for every task.
         label_texts: task -> the text fed to CLIP for each of its labels (in label order).
         tokenizer: open_clip tokenizer of the encoder's model.
+        lowpass: task -> the input low-pass of its prompted pass, in pixels (`promptclip.lowpass`);
+            tasks not named get none.
     """
 
     def __init__(self, encoder: PromptedCLIP, prompts: TaskPrompts, label_texts: dict[str, list[str]],
-                 tokenizer: Callable):
+                 tokenizer: Callable, lowpass: dict[str, float] | None = None):
         super().__init__()
         self.encoder = encoder
         self.prompts = prompts
         self.tasks = prompts.tasks
+        self.lowpass = {t: float(s) for t, s in (lowpass or {}).items() if s > 0}
         n = prompts.config.tokens
         self.num_labels = [len(label_texts[t]) for t in self.tasks]
         for t in self.tasks:
@@ -113,6 +117,12 @@ class MultiTaskCLIP(nn.Module):
         """(T, Cmax, E) label embeddings per task, zero-padded to the largest label count."""
         return stack_padded([self.text_features(t) for t in (self.tasks if tasks is None else tasks)])
 
+    def inputs(self, images: Tensor, task_idx: Tensor) -> Tensor:
+        """`images` as the prompted pass reads them: each row low-passed as its task asks (`lowpass_rows`)."""
+        if not self.lowpass:
+            return images
+        return lowpass_rows(images, [self.lowpass.get(self.tasks[i], 0.0) for i in task_idx.tolist()])
+
     def forward(self, images: Tensor, task_idx: Tensor, tasks_needed: Sequence[int] | None = None,
                 return_features: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor, list[int]]:
         """Logits (B, Cmax): scaled cosine similarity to the sample's own task's labels.
@@ -133,7 +143,7 @@ class MultiTaskCLIP(nn.Module):
         local = remap[task_idx]  # (B,) index into the present tasks
         # Only present tasks enter the graph, so absent tasks get no gradient (not even zeros).
         bank = torch.stack([self.prompts.vision(t) for t in names])  # (T', depth, n, Wv)
-        img = self.encoder.encode_image(images, bank[local])  # (B, E)
+        img = self.encoder.encode_image(self.inputs(images, task_idx), bank[local])  # (B, E)
         text = self.all_text_features(names)  # (T', Cmax, E)
         counts = torch.tensor(self.num_labels, device=task_idx.device)[task_idx]  # (B,)
         logits = self.encoder.logit_scale * label_cosines(img, text[local], counts)

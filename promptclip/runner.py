@@ -66,9 +66,11 @@ class ModelRunner:
     def decide(self, images: Tensor, prompts: Tensor, rows: Tensor, banks: Banks, *,
                review_out_of_scope: bool = False, review_margin: float = 0.1) -> Decisions:
         """Decisions for `images` (B, 3, H, W) under `prompts` (B, depth, n, Wv), row b scored in its
-        domain `rows[b]` of `banks`; a second, bare pass only when some row's domain has a zero-shot guard."""
-        feats, taps = self.features(images, prompts)
-        bare = self.bare(images) if banks.needs_bare(rows.tolist()) else None
+        domain `rows[b]` of `banks` (and low-passed first where its bundle asks); a second, bare pass of the
+        unfiltered images only when some row's domain has a zero-shot guard."""
+        rows_list = rows.tolist()
+        feats, taps = self.features(banks.prompted_inputs(images, rows_list), prompts)
+        bare = self.bare(images) if banks.needs_bare(rows_list) else None
         return self.decide_features(feats, taps, rows, banks, bare=bare, review_out_of_scope=review_out_of_scope,
                                     review_margin=review_margin)
 

@@ -121,7 +121,15 @@ def measure(http: httpx.Client, world_seed: int, ood_seed: int, per_class: int, 
                              res, jres, strict=True)), len(res)),
                          "out_of_scope": wilson(sum(x["out_of_scope"] for x in jres), len(jres))}
     report["ood_flagged_by_kind"] = {k: wilson(h, n) for k, (h, n) in ood_hits.items()}
+    if jpeg_size:
+        report["jpeg_pooled"] = {k: pooled_rate([r["jpeg"][k] for r in report["domains"].values()])
+                                 for k in ("benign_false_flag", "decisions_changed")}
     return report
+
+
+def pooled_rate(rates: list[dict]) -> dict:
+    """Wilson rates of disjoint samples pooled into one (their counts added)."""
+    return wilson(sum(round(r["rate"] * r["n"]) for r in rates), sum(r["n"] for r in rates))
 
 
 def markdown(report: dict) -> str:
@@ -143,8 +151,11 @@ def markdown(report: dict) -> str:
     means = {k: sum(r[k]["rate"] for r in report["domains"].values()) / len(report["domains"]) for k in RATES}
     claims = {k: [r["claimed"][k] for r in report["domains"].values() if k in r["claimed"]] for k in RATES}
     ece = sum(r["calibration_error"] for r in report["domains"].values()) / len(report["domains"])
-    lines.append("| **mean** | " + " | ".join(f"{means[k]:.3f}" + (
-        f" ({sum(claims[k]) / len(claims[k]):.3f})" if claims[k] else "") for k in RATES) + f" | {ece:.3f} |")
+    cells = [f"{means[k]:.3f}" + (f" ({sum(claims[k]) / len(claims[k]):.3f})" if claims[k] else "") for k in RATES]
+    cells.append(f"{ece:.3f}")
+    if jpeg:
+        cells += [f"pooled {cell(report['jpeg_pooled'][k])}" for k in ("benign_false_flag", "decisions_changed")]
+    lines.append("| **mean** | " + " | ".join(cells) + " |")
     outside = [f"{dom} {k} claimed {r['claimed'][k]:.3f} outside [{r[k]['lo']:.3f}, {r[k]['hi']:.3f}]"
                for dom, r in report["domains"].items() for k in RATES
                if k in r["claimed"] and not r[k]["lo"] <= r["claimed"][k] <= r[k]["hi"]]

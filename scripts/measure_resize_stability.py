@@ -23,7 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measure_decisions import classify, decision, encode, world_images  # noqa: E402
+from measure_decisions import classify, decision, encode, pooled_rate, world_images  # noqa: E402
 
 from training.calibrate import wilson  # noqa: E402
 
@@ -44,6 +44,8 @@ def measure(http: httpx.Client, world_seed: int, per_class: int, size: int) -> d
                          "top_label_changed": wilson(sum(a["labels"][0]["label"] != b["labels"][0]["label"]
                                                          for a, b in pairs), len(pairs))}
         report["domains"][dom] = row
+    report["pooled"] = {name: {k: pooled_rate([r[name][k] for r in report["domains"].values()])
+                               for k in ("decisions_changed", "top_label_changed")} for name in row}
     return report
 
 
@@ -52,7 +54,7 @@ def markdown(report: dict) -> str:
     lines = ["| domain | " + " | ".join(f"{n}: decisions changed | {n}: top label changed" for n in names) + " |",
              "|---|" + "---|---|" * len(names)]
     cell = lambda w: f"{w['rate']:.3f} [{w['lo']:.2f}, {w['hi']:.2f}]"  # noqa: E731
-    for dom, row in report["domains"].items():
+    for dom, row in [*report["domains"].items(), ("**pooled**", report["pooled"])]:
         lines.append(f"| {dom} | " + " | ".join(f"{cell(row[n]['decisions_changed'])} | "
                                                  f"{cell(row[n]['top_label_changed'])}" for n in names) + " |")
     return "\n".join(lines)

@@ -64,6 +64,11 @@ class TrainConfig:
     augment: bool = opt(True, "random flip + shift of training images (few shots)")
     reencoded_shots: float = opt(0.0, "share of training draws that show a shot after a client's trip (resized, "
                                       "saved as JPEG: training.augment), so that the prompts learn to ignore it")
+    lowpass_domains: list = opt([], "domains trained and served on low-passed images (a Gaussian blur of the model's "
+                                    "input before the prompted pass; their bundles record it): for flat-colour "
+                                    "domains whose decisions move when an image arrives resized or as a JPEG",
+                                nargs="*", type=str)
+    lowpass_sigma: float = opt(0.45, "standard deviation of the --lowpass-domains blur, in pixels of the model's input")
     seed: int = opt(0, "training seed: shot sample, prompt init, batch order")
     consistency_image: float = opt(1.0, "PromptSRC consistency: weight of the mean L1 distance between prompted and "
                                         "frozen image features")
@@ -75,6 +80,10 @@ class TrainConfig:
                               "of its shots' prompted image features) / (1 + w); each domain takes the candidate w with "
                               "the best calibration-split accuracy (ties: the smaller); 0 alone: text only",
                               nargs="+", type=float)
+
+    def input_lowpass(self) -> dict[str, float]:
+        """domain -> the blur of its prompted pass, in pixels (`promptclip.lowpass`)."""
+        return {d: self.lowpass_sigma for d in self.lowpass_domains} if self.lowpass_sigma > 0 else {}
 
 
 @dataclass

@@ -23,6 +23,7 @@ from torch import Tensor
 from promptclip import Bundle, Label, label_tokens
 from promptclip.bundle import stored_form
 from promptclip.decisions import Banks, DecisionRule, DomainBank, score_batch
+from promptclip.lowpass import lowpass
 from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 from promptclip.runner import ModelRunner
 from promptclip.runner import decide_features as runner_decide
@@ -50,13 +51,15 @@ class Encoded(NamedTuple):
 
 
 @torch.no_grad()
-def encode_chunks(runner: ModelRunner, vp: Tensor, chunks: Iterable[Tensor], bare_first: int = 0) -> Encoded:
-    """Preprocessed image chunks (each (n, 3, H, W)) under vision prompts `vp` (depth, n, Wv), and the first
-    `bare_first` images through the bare tower too: what the service's engine computes per request."""
+def encode_chunks(runner: ModelRunner, vp: Tensor, chunks: Iterable[Tensor], bare_first: int = 0,
+                  sigma: float = 0.0) -> Encoded:
+    """Preprocessed image chunks (each (n, 3, H, W)) under vision prompts `vp` (depth, n, Wv), low-passed by
+    `sigma` pixels first (the bundle's input low-pass), and the first `bare_first` unfiltered images through
+    the bare tower too: what the service's engine computes per request."""
     feats, taps, plain, seen = [], [], [], 0
     for x in chunks:
         x = x.to(runner.device)
-        f, t = runner.features(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1))
+        f, t = runner.features(lowpass(x, sigma), vp.unsqueeze(0).expand(len(x), -1, -1, -1))
         feats.append(f.float().cpu())
         taps.append(t.float().cpu())
         if seen < bare_first:
@@ -68,7 +71,9 @@ def encode_chunks(runner: ModelRunner, vp: Tensor, chunks: Iterable[Tensor], bar
 def encode_images(model: MultiTaskCLIP, ti: int, images: Tensor, bare_first: int = 0, chunk: int = 256) -> Encoded:
     """Preprocessed `images` (N, 3, H, W) under task `ti`'s vision prompts (encode_chunks)."""
     chunks = (images[i:i + chunk] for i in range(0, len(images), chunk))
-    return encode_chunks(ModelRunner(model.encoder), model.prompts.vision(model.tasks[ti]), chunks, bare_first)
+    task = model.tasks[ti]
+    return encode_chunks(ModelRunner(model.encoder), model.prompts.vision(task), chunks, bare_first,
+                         model.lowpass.get(task, 0.0))
 
 
 @torch.no_grad()

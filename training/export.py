@@ -68,6 +68,8 @@ def export_run(clip, encoder, data: TaskData, cache: ImageCache, final_path: Pat
         bundle.manifest.negatives = fitted.negatives
         bundle.manifest.created_at = stamp
         bundle.tensors.update(fitted.tensors)
+        if dom.name in model.lowpass:
+            bundle.manifest.prompt["input_lowpass"] = model.lowpass[dom.name]
         if dom.name in model.label_cache:
             bundle.tensors["labels.cache"] = model.label_cache[dom.name].half().contiguous()
             bundle.manifest.prompt["cache_weight"] = model.cache_weights[dom.name]

@@ -209,7 +209,8 @@ def probe_gradients(rc: RunContext, gcfg: GroupConfig, snaps: list[int], seed: i
     # the probe has its own size and init: the signal needs capacity, not the bundles' small budget
     probe = PromptSizes(group_tokens=gcfg.probe_tokens, private_tokens=0, depth=rc.sizes.depth)
     layout, pcfg = variant_layout("all_shared", data.tasks, [data.tasks], probe)
-    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, gcfg.probe_init_scale, seed)
+    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, gcfg.probe_init_scale, seed,
+                             tcfg.input_lowpass())
     rec = _Snapshots(shots, snaps, gcfg.stability_resamples, seed)
     run_training(model, shots, replace(tcfg, steps=gcfg.steps), rms=rms, hook=rec,
                  desc=f"global prompts (probe seed {seed})")

@@ -139,7 +139,8 @@ def features(clip, bundle, images: list[bytes], chunk: int = 64):
     vp = bundle.vision_prompts().to(runner.device, runner.dtype)  # (depth, n, Wv)
     chunks = (torch.stack([clip.preprocess(decode_rgb(b)) for b in images[i:i + chunk]])
               for i in range(0, len(images), chunk))
-    return encode_chunks(runner, vp, chunks, len(images) if guard_weight(bundle.manifest.decision) > 0 else 0)
+    return encode_chunks(runner, vp, chunks, len(images) if guard_weight(bundle.manifest.decision) > 0 else 0,
+                         bundle.lowpass)
 
 
 def rates(answers: list[dict], verdicts: list[Verdict]) -> dict:

@@ -81,11 +81,16 @@ StreamRMS = dict[str, Tensor]  # per tower: the frozen residual stream's RMS ent
 
 
 def build_model(encoder: PromptedCLIP, tokenizer, data: TaskData, groups: list[list[str]], pcfg: PromptConfig,
-                shots: FewShot, init_scale: float, seed: int) -> tuple[MultiTaskCLIP, StreamRMS]:
-    """Prompts initialised per layer at the frozen stream's RMS (the scale that keeps CLIP working).
+                shots: FewShot, init_scale: float, seed: int,
+                lowpass: dict[str, float] | None = None) -> tuple[MultiTaskCLIP, StreamRMS]:
+    """Prompts initialised per layer at the frozen stream's RMS (the scale that keeps CLIP working);
+    `lowpass`: the tasks whose images the prompted pass reads blurred (TrainConfig.input_lowpass).
 
     Returns the model and the per-layer stream RMS, which `run_training` uses as step sizes.
     """
+    unknown = sorted(set(lowpass or {}) - set(data.tasks))
+    if unknown:
+        raise ValueError(f"--lowpass-domains names {unknown}, which the data does not have (domains: {data.tasks})")
     prompts = TaskPrompts(data.tasks, groups, pcfg, encoder.vision_width, encoder.vision_layers,
                           encoder.text_width, encoder.text_layers)
     texts = [p for d in data.domains for p in d.prompts]
@@ -94,7 +99,7 @@ def build_model(encoder: PromptedCLIP, tokenizer, data: TaskData, groups: list[l
     rms_v, rms_t = measure_stream_rms(encoder, shots.images[:64].to(device), tokens)
     prompts.reset_parameters(rms_v * init_scale, rms_t * init_scale, generator=torch.Generator().manual_seed(seed))
     rms = {"vision": rms_v.cpu(), "text": rms_t.cpu()}
-    return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device), rms
+    return MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer, lowpass).to(device), rms
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -154,7 +159,7 @@ class Consistency:
     def loss(self, model: MultiTaskCLIP, images: Tensor, task_idx: Tensor, logits: Tensor, img: Tensor,
              text: Tensor, present: list[int]) -> Tensor:
         with torch.no_grad():
-            img0 = model.encoder.encode_image(images)
+            img0 = model.encoder.encode_image(model.inputs(images, task_idx))
             text0 = self.text0[task_idx]  # (B, Cmax, E)
             counts = torch.tensor(model.num_labels, device=task_idx.device)[task_idx]
             zs = model.encoder.logit_scale * label_cosines(img0, text0, counts)
@@ -323,7 +328,8 @@ def train_variant(rc: RunContext, variant: str, groups: list[list[str]], out_dir
     key = run_key(variant, layout, pcfg, cfg, rc.split, data, rc.clip.info.to_dict())
     torch.manual_seed(cfg.seed)
     shots = load_shots(rc.cache, data, rc.split, cfg.seed, TRIPS_PER_SHOT if cfg.reencoded_shots > 0 else 0)
-    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, cfg.init_scale, cfg.seed)
+    model, rms = build_model(rc.encoder, rc.clip.tokenizer, data, layout, pcfg, shots, cfg.init_scale, cfg.seed,
+                             cfg.input_lowpass())
     final = out_dir / "final.pt"
     if reuse and final.is_file():
         saved = torch.load(final, map_location="cpu", weights_only=False)
@@ -359,7 +365,8 @@ def load_final(path: Path, encoder: PromptedCLIP, tokenizer, data: TaskData) -> 
                           encoder.text_width, encoder.text_layers)
     prompts.load_state_dict(saved["prompts"])
     device = encoder.logit_scale.device
-    model = MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer).to(device)
+    lowpass = TrainConfig(**{k: v for k, v in key["train"].items() if k.startswith("lowpass_")}).input_lowpass()
+    model = MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer, lowpass).to(device)
     model.set_label_cache(saved.get("label_cache", {}), saved.get("cache_weights", {}))
     return model, saved
 

@@ -83,3 +83,13 @@ def test_a_non_finite_router_is_refused_by_name(tmp_path):
     with pytest.raises(BundleError) as e:
         load_router(path)
     assert "weight" in str(e.value) and "NaN or Inf" in str(e.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), -0.5, 100.0, "soft"])
+def test_an_input_lowpass_outside_its_range_is_refused(bundle_path, value):
+    b = load_bundle(bundle_path)
+    b.manifest.prompt["input_lowpass"] = value
+    save_bundle(b, bundle_path)
+    with pytest.raises(BundleError) as e:
+        load_bundle(bundle_path)
+    assert e.value.kind == "manifest" and "input_lowpass" in str(e.value)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -284,3 +285,40 @@ def test_runs_trained_in_parallel_are_the_serial_runs(world, grouped, tmp_path, 
         assert all(torch.equal(a["prompts"][k], b["prompts"][k]) for k in a["prompts"]), rel
     reports = [json.loads((runs[j] / "report.json").read_text()) for j in (2, 1)]
     assert reports[0]["variants"] == reports[1]["variants"]
+
+
+def test_a_lowpass_domain_is_trained_exported_and_served_on_blurred_images(world, grouped, tmp_path):
+    """--lowpass-domains: the bundle records the blur, and the service's runner applies it before the
+    prompted pass exactly as export measured the bundle (the same answers); the other domains have none."""
+    from promptclip import Banks, bundle_bank
+    from promptclip.lowpass import lowpass
+    from promptclip.runner import ModelRunner
+    from training.data import ImageCache, load_tasks
+    from training.decisions import decide_images
+
+    assert train(world, grouped, tmp_path, "--lowpass-domains", "photo", "--lowpass-sigma", "0.8") == 0
+    store = tmp_path / "store"
+    assert main(["export", "--run", str(tmp_path), "--store", str(store), "--allow-unflaggable"]) == 0
+    served = PromptStore(store)
+    assert served.load_current("photo").lowpass == 0.8
+    assert all("input_lowpass" not in served.load_current(d).manifest.prompt for d in DOMAINS if d != "photo")
+
+    _, model = _drift(world, tmp_path)
+    assert model.lowpass == {"photo": 0.8}
+    clip = load_clip(ModelSpec(model="test-tiny", pretrained=None))
+    ti = model.tasks.index("photo")
+    images = ImageCache(clip.preprocess).load([p for p, _ in load_tasks(world, val_per_class=2)["photo"].test[:6]])
+    bundle = served.load_current("photo")
+    bank, _ = bundle_bank(bundle, model.encoder, clip.tokenizer, "cpu")
+    banks, runner = Banks.stack([bank]), ModelRunner(model.encoder)
+    prompts = bundle.vision_prompts().expand(len(images), -1, -1, -1)
+    rows = torch.zeros(len(images), dtype=torch.long)
+    got = runner.decide(images, prompts, rows, banks).answers(banks)
+    want = decide_images(model, ti, images, bank, float(model.encoder.logit_scale))
+    assert [a["labels"] for a in got] == [a["labels"] for a in want]
+    # the prompted pass read the blurred images (cosines; a zero-shot guard's bare pass reads them unfiltered)
+    unfiltered = Banks.stack([replace(bank, lowpass=0.0)])
+    cosines = lambda answers: [[lab["score"] for lab in a["labels"]] for a in answers]  # noqa: E731
+    blurred = runner.decide(lowpass(images, 0.8), prompts, rows, unfiltered).answers(unfiltered)
+    assert cosines(got) == cosines(blurred)
+    assert cosines(got) != cosines(runner.decide(images, prompts, rows, unfiltered).answers(unfiltered))
