@@ -151,11 +151,12 @@ def measure_phase(url: str, pid: int, port: int, jpeg_dir: Path, domains: list[s
 
 
 def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) -> tuple[float, float]:
-    """CPU µs per image of the model (the prompted tower, taps on, mixed domains, `batch` a forward, and the
-    bare pass over the guarded domains' rows) and of the decode, each the median of 5 runs of about `seconds` / 5."""
+    """CPU µs per image of the model (the prompted tower, taps on, mixed domains, `batch` a forward, the
+    low-passed domains' blur, and the bare pass over the guarded domains' rows) and of the decode, each the median of 5 runs of about `seconds` / 5."""
     from promptclip import ModelSpec, PromptedCLIP, PromptStore, load_clip
     from promptclip.banks import guard_weight
     from promptclip.images import decode_rgb
+    from promptclip.lowpass import lowpass_rows
     from promptclip.runner import ModelRunner
 
     clip = load_clip(ModelSpec(device="cpu"))
@@ -170,8 +171,10 @@ def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) ->
     guarded = torch.tensor([guard_weight(bundles[r].manifest.decision) > 0 for r in rows.tolist()])
     bare_images = images[guarded]
 
+    sigmas = [bundles[r].lowpass for r in rows.tolist()]
+
     def forward() -> None:
-        enc.encode_image(images, prompts, taps=True)
+        enc.encode_image(lowpass_rows(images, sigmas), prompts, taps=True)  # as the bundles read their images
         runner.bare(bare_images)  # as the engine runs it (nothing when no row is guarded)
 
     def per_image(fn, n_images: int) -> float:
