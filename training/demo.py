@@ -2,8 +2,9 @@
 
 synth (seed 0, 80 images per label: half of them the test split the manifests' claims and their
 intervals come from, the rest validation, training shots and calibration) -> pretrain-tiny (seed 0)
--> fit (comic and poster on low-passed inputs) -> the store's domain folders are replaced by freshly published v0001 bundles. The domain router is fitted on its own larger world
-(seed 0, 240 images per label, a quarter held out) -> `_router/v0001`. One torch thread and a
+-> fit (comic and poster on low-passed inputs) -> the store's domain folders are replaced by freshly
+published v0001 bundles. The domain router is fitted on its own larger world (seed 0, 240 images
+per label, a quarter held out) -> `_router/v0001`. One torch thread and a
 fixed manifest timestamp make every byte a function of the seeds.
 """
 
