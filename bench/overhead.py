@@ -156,7 +156,6 @@ def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) ->
     from promptclip import ModelSpec, PromptedCLIP, PromptStore, load_clip
     from promptclip.banks import guard_weight
     from promptclip.images import decode_rgb
-    from promptclip.lowpass import lowpass_rows
     from promptclip.runner import ModelRunner
 
     clip = load_clip(ModelSpec(device="cpu"))
@@ -174,7 +173,7 @@ def model_and_decode_us(jpegs: list[bytes], batch: int, seconds: float = 2.0) ->
     sigmas = [bundles[r].lowpass for r in rows.tolist()]
 
     def forward() -> None:
-        enc.encode_image(lowpass_rows(images, sigmas), prompts, taps=True)  # as the bundles read their images
+        runner.prompted(images, prompts, sigmas)  # as the bundles read their images
         runner.bare(bare_images)  # as the engine runs it (nothing when no row is guarded)
 
     def per_image(fn, n_images: int) -> float:

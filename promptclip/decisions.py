@@ -42,7 +42,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .lowpass import lowpass_rows
 from .scope import ScopeBank, ScopeModel
 
 NEG_INF = float("-inf")
@@ -122,11 +121,9 @@ class Banks:
     def any_guard(self) -> bool:
         return any(b.guard > 0 for b in self.domains)
 
-    def prompted_inputs(self, images: Tensor, rows: Sequence[int]) -> Tensor:
-        """`images` as the prompted pass reads them: row b low-passed as its domain `rows[b]` asks."""
-        if not self.any_lowpass:
-            return images
-        return lowpass_rows(images, [self.domains[r].lowpass for r in rows])
+    def lowpass_of(self, rows: Sequence[int]) -> list[float]:
+        """The input low-pass of each row's domain (`ModelRunner.prompted`; 0: none)."""
+        return [self.domains[r].lowpass for r in rows] if self.any_lowpass else [0.0] * len(rows)
 
     @cached_property
     def any_lowpass(self) -> bool:

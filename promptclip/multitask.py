@@ -124,7 +124,7 @@ class MultiTaskCLIP(nn.Module):
         return lowpass_rows(images, [self.lowpass.get(self.tasks[i], 0.0) for i in task_idx.tolist()])
 
     def forward(self, images: Tensor, task_idx: Tensor, tasks_needed: Sequence[int] | None = None,
-                return_features: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor, list[int]]:
+                return_features: bool = False) -> Tensor | tuple[Tensor, Tensor, Tensor, list[int], Tensor]:
         """Logits (B, Cmax): scaled cosine similarity to the sample's own task's labels.
 
         Columns past a task's label count are -inf, so softmax / cross-entropy ignore them.
@@ -134,7 +134,8 @@ class MultiTaskCLIP(nn.Module):
             task_idx: (B,) index into `self.tasks` per sample.
             tasks_needed: restrict text encoding to these task indices (default: those present).
             return_features: also return the image features (B, E), the present tasks' label
-                features (T', Cmax, E) and those tasks' indices (training's consistency loss).
+                features (T', Cmax, E), those tasks' indices and the images the image tower read
+                (low-passed where a task asks: `inputs`), for training's consistency loss.
         """
         present = sorted(set(task_idx.tolist())) if tasks_needed is None else list(tasks_needed)
         names = [self.tasks[i] for i in present]
@@ -143,8 +144,9 @@ class MultiTaskCLIP(nn.Module):
         local = remap[task_idx]  # (B,) index into the present tasks
         # Only present tasks enter the graph, so absent tasks get no gradient (not even zeros).
         bank = torch.stack([self.prompts.vision(t) for t in names])  # (T', depth, n, Wv)
-        img = self.encoder.encode_image(self.inputs(images, task_idx), bank[local])  # (B, E)
+        seen = self.inputs(images, task_idx)
+        img = self.encoder.encode_image(seen, bank[local])  # (B, E)
         text = self.all_text_features(names)  # (T', Cmax, E)
         counts = torch.tensor(self.num_labels, device=task_idx.device)[task_idx]  # (B,)
         logits = self.encoder.logit_scale * label_cosines(img, text[local], counts)
-        return (logits, img, text, present) if return_features else logits
+        return (logits, img, text, present, seen) if return_features else logits

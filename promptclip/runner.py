@@ -16,12 +16,13 @@ bundle's zero-shot guard read.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .decisions import Banks, BatchScores, Decisions, decide_batch, score_batch
+from .lowpass import lowpass_rows
 from .prompted import PromptedCLIP
 
 EncodeFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # -> (B, E) normalised, (B, layers, Wv) layer taps
@@ -51,6 +52,12 @@ class ModelRunner:
         return self.encode(images, prompts)
 
     @torch.inference_mode()
+    def prompted(self, images: Tensor, prompts: Tensor, lowpass: Sequence[float]) -> tuple[Tensor, Tensor]:
+        """`features` of the images as each row's bundle reads them: row b low-passed by `lowpass[b]` pixels
+        first (`promptclip.lowpass`; 0: as it is; `Banks.lowpass_of`)."""
+        return self.features(lowpass_rows(images, lowpass), prompts)
+
+    @torch.inference_mode()
     def scores(self, feats: Tensor, taps: Tensor | None, rows: Tensor, banks: Banks,
                bare: Tensor | None = None) -> BatchScores:
         return score_batch(feats, rows, banks, self.logit_scale, taps, bare)
@@ -69,7 +76,7 @@ class ModelRunner:
         domain `rows[b]` of `banks` (and low-passed first where its bundle asks); a second, bare pass of the
         unfiltered images only when some row's domain has a zero-shot guard."""
         rows_list = rows.tolist()
-        feats, taps = self.features(banks.prompted_inputs(images, rows_list), prompts)
+        feats, taps = self.prompted(images, prompts, banks.lowpass_of(rows_list))
         bare = self.bare(images) if banks.needs_bare(rows_list) else None
         return self.decide_features(feats, taps, rows, banks, bare=bare, review_out_of_scope=review_out_of_scope,
                                     review_margin=review_margin)

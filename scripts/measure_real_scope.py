@@ -47,8 +47,10 @@ def scope_scores(enc, clip, bank, prompts, pixels: torch.Tensor) -> torch.Tensor
         # the frozen tower's features for a guarded domain: its label scores need them, its scope does not
         bare = ModelRunner(enc).bare(x) if banks.any_guard else None
         try:  # the image tower's layer taps, where the scope model reads them
-            seen = banks.prompted_inputs(x, [0] * len(x)) if hasattr(banks, "prompted_inputs") else x  # low-pass
-            feats, taps = enc.encode_image(seen, p, taps=True)
+            if hasattr(banks, "lowpass_of"):  # as the bundle reads its images (its input low-pass)
+                feats, taps = ModelRunner(enc).prompted(x, p, banks.lowpass_of([0] * len(x)))
+            else:
+                feats, taps = enc.encode_image(x, p, taps=True)
             out.append(score_batch(feats, rows[: len(x)], banks, float(enc.logit_scale), taps, bare).scope)
         except TypeError:  # a checkout from before layer taps: the embedding alone
             out.append(score_batch(enc.encode_image(x, p), rows[: len(x)], banks, float(enc.logit_scale)).scope)

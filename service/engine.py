@@ -271,7 +271,7 @@ class BatchingEngine:
                 sel = images if whole else images[at]
                 prompts = snap.vision_banks[shape].index_select(0, vrows)  # (b, depth, n, Wv)
                 t = time.thread_time()
-                feats, taps = self.runner.features(snap.banks.prompted_inputs(sel, text_rows), prompts)
+                feats, taps = self.runner.prompted(sel, prompts, snap.banks.lowpass_of(text_rows))
                 self.model_cpu_seconds += time.thread_time() - t
                 plain = (bare if whole else bare[at]) if snap.banks.needs_bare(text_rows) else None
                 rows = self.runner.decide_features(feats, taps, trows, snap.banks, bare=plain,

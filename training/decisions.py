@@ -23,7 +23,6 @@ from torch import Tensor
 from promptclip import Bundle, Label, label_tokens
 from promptclip.bundle import stored_form
 from promptclip.decisions import Banks, DecisionRule, DomainBank, score_batch
-from promptclip.lowpass import lowpass
 from promptclip.multitask import MultiTaskCLIP, encode_prompted_texts
 from promptclip.runner import ModelRunner
 from promptclip.runner import decide_features as runner_decide
@@ -59,7 +58,7 @@ def encode_chunks(runner: ModelRunner, vp: Tensor, chunks: Iterable[Tensor], bar
     feats, taps, plain, seen = [], [], [], 0
     for x in chunks:
         x = x.to(runner.device)
-        f, t = runner.features(lowpass(x, sigma), vp.unsqueeze(0).expand(len(x), -1, -1, -1))
+        f, t = runner.prompted(x, vp.unsqueeze(0).expand(len(x), -1, -1, -1), [sigma] * len(x))
         feats.append(f.float().cpu())
         taps.append(t.float().cpu())
         if seen < bare_first:

@@ -31,11 +31,10 @@ from promptclip import (
     label_tokens,
     measure_stream_rms,
 )
-from promptclip.decisions import label_cosines
-from promptclip.multitask import stack_padded
 
 from .augment import flip_shift, trip_variants
 from .config import PromptSizes, SplitConfig, TrainConfig, to_dict
+from .consistency import Consistency
 from .data import ImageCache, TaskData, fingerprint, items_tensors
 from .decisions import image_features
 from .runtime import Dist, RunContext
@@ -132,50 +131,6 @@ class LayerScaledStep:
                 p.copy_(old + (p - old) * scale)
 
 
-@dataclass
-class Consistency:
-    """PromptSRC's self-regulating consistency loss: keep the prompted CLIP near the frozen one.
-
-    Few shots pull prompts towards features that fit them and away from what CLIP already knows
-    (photo accuracy fell below zero-shot). Three terms (Khattak et al., 2023): the mean L1
-    distance of prompted to frozen image features and of prompted to frozen label features, and
-    KL(zero-shot logits || prompted logits) per sample.
-    """
-
-    text0: Tensor  # (T, Cmax, E) frozen label features per task, zero-padded
-    image: float
-    text: float
-    kl: float
-
-    @classmethod
-    @torch.no_grad()
-    def build(cls, model: MultiTaskCLIP, cfg: TrainConfig) -> Consistency | None:
-        if not (cfg.consistency_image or cfg.consistency_text or cfg.consistency_kl):
-            return None
-        n = model.prompts.config.tokens
-        text0 = stack_padded([model.encoder.encode_text(_strip_slots(model.label_tokens(t), n)) for t in model.tasks])
-        return cls(text0, cfg.consistency_image, cfg.consistency_text, cfg.consistency_kl)
-
-    def loss(self, model: MultiTaskCLIP, images: Tensor, task_idx: Tensor, logits: Tensor, img: Tensor,
-             text: Tensor, present: list[int]) -> Tensor:
-        with torch.no_grad():
-            img0 = model.encoder.encode_image(model.inputs(images, task_idx))
-            text0 = self.text0[task_idx]  # (B, Cmax, E)
-            counts = torch.tensor(model.num_labels, device=task_idx.device)[task_idx]
-            zs = model.encoder.logit_scale * label_cosines(img0, text0, counts)
-        valid = torch.isfinite(zs)
-        log_p = F.log_softmax(logits.masked_fill(~valid, -1e4), -1)
-        log_q = F.log_softmax(zs.masked_fill(~valid, -1e4), -1)
-        kl = F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
-        return (self.image * F.l1_loss(img, img0.to(img.dtype))
-                + self.text * F.l1_loss(text, self.text0[present].to(text.dtype)) + self.kl * kl)
-
-
-def _strip_slots(tokens: Tensor, n: int) -> Tensor:
-    """Label tokens without the `n` prompt placeholder slots after SOT (what bare CLIP reads)."""
-    return torch.cat([tokens[:, :1], tokens[:, 1 + n:], tokens.new_zeros(tokens.shape[0], n)], 1)
-
-
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -247,7 +202,8 @@ def run_training(model: MultiTaskCLIP, shots: FewShot, cfg: TrainConfig, *, rms:
         logits = out[0] if consistency is not None else out
         loss = F.cross_entropy(logits, yb)
         if consistency is not None:
-            loss = loss + consistency.loss(model, xb, tb, *out)
+            _, img, text, present, seen = out
+            loss = loss + consistency.loss(model, seen, tb, logits, img, text, present)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         stepper.step(opt)
@@ -365,7 +321,9 @@ def load_final(path: Path, encoder: PromptedCLIP, tokenizer, data: TaskData) -> 
                           encoder.text_width, encoder.text_layers)
     prompts.load_state_dict(saved["prompts"])
     device = encoder.logit_scale.device
-    lowpass = TrainConfig(**{k: v for k, v in key["train"].items() if k.startswith("lowpass_")}).input_lowpass()
+    trained = key["train"]  # runs from before the low-pass have none
+    lowpass = TrainConfig(lowpass_domains=trained.get("lowpass_domains", []),
+                          lowpass_sigma=trained.get("lowpass_sigma", 0.0)).input_lowpass()
     model = MultiTaskCLIP(encoder, prompts, data.label_texts, tokenizer, lowpass).to(device)
     model.set_label_cache(saved.get("label_cache", {}), saved.get("cache_weights", {}))
     return model, saved

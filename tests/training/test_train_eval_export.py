@@ -231,7 +231,7 @@ def _drift(world, run, variant="group_private"):
 
 def test_consistency_keeps_prompted_features_near_the_frozen_ones(world, grouped, trained, tmp_path):
     from promptclip import label_tokens
-    from training.train import _strip_slots
+    from training.consistency import _strip_slots
 
     torch.manual_seed(0)
     tok = load_clip(ModelSpec(model="test-tiny", pretrained=None)).tokenizer
